@@ -1,0 +1,71 @@
+"""`SSFTCollator`: a micro-batch of questions, kept as prompts and trace lists (no forking token yet).
+
+Output (B questions, M_max traces, lengths padded with `pad_token_id`):
+
+- ``ssft_prompt_ids`` [B, P_max], ``ssft_prompt_len`` [B]
+- ``ssft_trace_ids`` [B, M_max, L_max], ``ssft_trace_len`` [B, M_max] (0 = no trace in that slot)
+- ``ssft_num_loss_tokens`` [B]: tokens that carry loss for each question (trace tokens, plus one per
+  trace for the forking token when `fork_token_loss` and a token is used). The trainer sums these
+  over the gradient-accumulation window to normalise the loss exactly like SFT does.
+
+Rows with more traces than forking tokens are subsampled here (policy ``subsample``), with a
+fresh draw per call, so the loss-token count and the matching see the same traces.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SSFTCollator:
+    pad_token_id: int
+    num_fork_tokens: int
+    assignment: str = "hungarian"
+    fork_token_loss: bool = False
+    max_traces_policy: str = "error"
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+
+    def _select(self, traces: list[list[int]]) -> list[list[int]]:
+        if self.assignment == "none" or len(traces) <= self.num_fork_tokens:
+            return traces
+        if self.max_traces_policy != "subsample":
+            raise ValueError(
+                f"a question has {len(traces)} traces but there are only {self.num_fork_tokens} forking tokens; "
+                "set ssft_max_traces_policy: subsample or raise ssft_num_fork_tokens"
+            )
+        keep = sorted(self._rng.sample(range(len(traces)), self.num_fork_tokens))
+        return [traces[j] for j in keep]
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        prompts = [list(f["prompt_ids"]) for f in features]
+        traces = [self._select([list(t) for t in f["trace_ids"]]) for f in features]
+        b = len(features)
+        p_max = max(len(p) for p in prompts)
+        m_max = max(len(t) for t in traces)
+        l_max = max(len(x) for t in traces for x in t)
+        prompt_ids = torch.full((b, p_max), self.pad_token_id, dtype=torch.long)
+        trace_ids = torch.full((b, m_max, l_max), self.pad_token_id, dtype=torch.long)
+        trace_len = torch.zeros((b, m_max), dtype=torch.long)
+        loss_tokens = torch.zeros(b, dtype=torch.long)
+        per_trace_extra = 1 if (self.fork_token_loss and self.assignment != "none") else 0
+        for i, (p, ts) in enumerate(zip(prompts, traces)):
+            prompt_ids[i, : len(p)] = torch.tensor(p)
+            for j, t in enumerate(ts):
+                trace_ids[i, j, : len(t)] = torch.tensor(t)
+                trace_len[i, j] = len(t)
+                loss_tokens[i] += len(t) + per_trace_extra
+        return {
+            "ssft_prompt_ids": prompt_ids,
+            "ssft_prompt_len": torch.tensor([len(p) for p in prompts], dtype=torch.long),
+            "ssft_trace_ids": trace_ids,
+            "ssft_trace_len": trace_len,
+            "ssft_num_loss_tokens": loss_tokens,
+        }

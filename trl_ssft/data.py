@@ -1,0 +1,314 @@
+"""The "ssft" dataset format: validation with row/field errors, tokenization, converters.
+
+A row is one question::
+
+    {"prompt": str | [{"role": ..., "content": ...}, ..., {"role": "user", ...}],
+     "traces": [str, ...],            # M >= 1 distinct reasoning traces (full assistant answers)
+     "answer": str,                   # optional: gold final answer, for evaluation
+     "trace_sources": [str, ...]}     # optional: one label per trace (e.g. the teacher)
+
+Tokenized, a row becomes ``{"prompt_ids": [P], "trace_ids": [[L_1], ..., [L_M]]}`` where each trace
+ends with the end-of-turn (EOS) token. Tokenized rows do not depend on N or on the assignment mode:
+forking tokens are inserted when batches are built (see `loss.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TOKENIZED_COLUMNS = ("prompt_ids", "trace_ids")
+
+
+class SSFTDataError(ValueError):
+    """Bad input data. The message names the dataset, row and field, and says how to fix it."""
+
+    def __init__(self, row: int | None, field_name: str, problem: str, fix: str = "", dataset: str = "train"):
+        where = f"{dataset} dataset, row {row}" if row is not None else f"{dataset} dataset"
+        msg = f"SSFT data error in {where}, field '{field_name}': {problem}"
+        if fix:
+            msg += f" Fix: {fix}"
+        super().__init__(msg)
+        self.row, self.field, self.dataset = row, field_name, dataset
+
+
+@dataclass
+class DataReport:
+    """What data preparation did, printed before training starts."""
+
+    dataset: str = "train"
+    rows: int = 0
+    traces: int = 0
+    truncated: int = 0
+    dropped_long: int = 0
+    duplicates: int = 0
+    dropped_duplicates: int = 0
+    dropped_rows: int = 0
+    traces_per_row: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        m = sorted(self.traces_per_row.elements())
+        m_str = f"M min/mean/max {m[0]}/{sum(m) / len(m):.2f}/{m[-1]}" if m else "M n/a"
+        return (
+            f"SSFT data ({self.dataset}): {self.rows} rows, {self.traces} traces ({m_str}); "
+            f"{self.truncated} traces truncated to max_length, {self.dropped_long} too-long traces dropped, "
+            f"{self.duplicates} duplicate traces ({self.dropped_duplicates} dropped), "
+            f"{self.dropped_rows} rows dropped (no trace left)"
+        )
+
+
+def _check_prompt(prompt: Any, row: int, dataset: str) -> None:
+    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        raise SSFTDataError(row, "prompt", "missing or empty.", "give each row a non-empty prompt.", dataset)
+    if isinstance(prompt, str):
+        return
+    if not isinstance(prompt, (list, tuple)) or not prompt:
+        raise SSFTDataError(
+            row, "prompt", f"must be a string or a non-empty list of chat messages, got {type(prompt).__name__}.",
+            "use a plain string, or [{'role': 'user', 'content': ...}].", dataset,
+        )
+    for k, msg in enumerate(prompt):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise SSFTDataError(
+                row, f"prompt[{k}]", "each message must be a dict with 'role' and 'content'.",
+                "write messages as {'role': 'user', 'content': '...'}.", dataset,
+            )
+        if not isinstance(msg["content"], str):
+            raise SSFTDataError(row, f"prompt[{k}].content", "message content must be a string.", "", dataset)
+    if prompt[-1]["role"] != "user":
+        raise SSFTDataError(
+            row, "prompt", f"the last message has role {prompt[-1]['role']!r}; it must be a user turn.",
+            "end the prompt with the user's question; the assistant's answers belong in 'traces'.", dataset,
+        )
+
+
+def validate_row(
+    row: dict,
+    index: int,
+    *,
+    num_fork_tokens: int | None = None,
+    max_traces_policy: str = "error",
+    fork_names: Sequence[str] = (),
+    dataset: str = "train",
+) -> None:
+    """Raise `SSFTDataError` naming `index` and the field if `row` is not a valid ssft row."""
+    if not isinstance(row, dict):
+        raise SSFTDataError(index, "<row>", f"a row must be a mapping, got {type(row).__name__}.", "", dataset)
+    if "prompt" not in row:
+        raise SSFTDataError(index, "prompt", "missing.", "every row needs 'prompt' and 'traces'.", dataset)
+    _check_prompt(row["prompt"], index, dataset)
+    traces = row.get("traces")
+    if traces is None:
+        raise SSFTDataError(index, "traces", "missing.", "every row needs a list of trace strings.", dataset)
+    if isinstance(traces, str) or not isinstance(traces, (list, tuple)):
+        raise SSFTDataError(
+            index, "traces", f"must be a list of strings, got {type(traces).__name__}.",
+            "wrap a single trace in a list: ['...'].", dataset,
+        )
+    if len(traces) == 0:
+        raise SSFTDataError(index, "traces", "is empty.", "give at least one trace per row, or drop the row.", dataset)
+    for j, t in enumerate(traces):
+        if not isinstance(t, str):
+            raise SSFTDataError(index, f"traces[{j}]", f"must be a string, got {type(t).__name__}.", "", dataset)
+        if not t.strip():
+            raise SSFTDataError(index, f"traces[{j}]", "is empty.", "remove empty traces.", dataset)
+    if num_fork_tokens is not None and len(traces) > num_fork_tokens and max_traces_policy == "error":
+        raise SSFTDataError(
+            index, "traces",
+            f"has {len(traces)} traces but there are only {num_fork_tokens} forking tokens (M > N).",
+            "raise ssft_num_fork_tokens, remove traces, or set ssft_max_traces_policy: subsample.", dataset,
+        )
+    sources = row.get("trace_sources")
+    if sources is not None and (not isinstance(sources, (list, tuple)) or len(sources) != len(traces)):
+        raise SSFTDataError(
+            index, "trace_sources", "must be a list with one label per trace.", "", dataset,
+        )
+    texts = [("prompt", row["prompt"])] if isinstance(row["prompt"], str) else [
+        (f"prompt[{k}].content", m["content"]) for k, m in enumerate(row["prompt"])
+    ]
+    texts += [(f"traces[{j}]", t) for j, t in enumerate(traces)]
+    for name in fork_names:
+        for field_name, text in texts:
+            if name in text:
+                raise SSFTDataError(
+                    index, field_name, f"contains the forking-token text {name!r}.",
+                    "remove it from the data or choose another ssft_fork_token_template.", dataset,
+                )
+
+
+def render_prompt(tokenizer, prompt: str | list[dict], index: int = 0, dataset: str = "train") -> str:
+    """The prompt as text: a message list goes through the chat template with the generation prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise SSFTDataError(
+            index, "prompt", "is a list of chat messages but the tokenizer has no chat template.",
+            "set tokenizer.chat_template (Axolotl: chat_template: ...), or give plain-string prompts.", dataset,
+        )
+    try:
+        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # template errors come in many types
+        raise SSFTDataError(
+            index, "prompt", f"the chat template cannot render it ({type(e).__name__}: {e}).",
+            "check the message roles against the template.", dataset,
+        ) from e
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict], index: int = 0, dataset: str = "train") -> list[int]:
+    """Token ids of the rendered prompt (the chat template's own special tokens are not doubled)."""
+    text = render_prompt(tokenizer, prompt, index, dataset)
+    return tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
+
+
+def end_token_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no EOS token; SSFT ends every trace with it. Set tokenizer.eos_token.")
+    return tokenizer.eos_token_id
+
+
+def tokenize_rows(
+    rows: Sequence[dict],
+    tokenizer,
+    *,
+    max_length: int | None,
+    duplicate_policy: str = "warn",
+    long_policy: str = "truncate",
+    dataset: str = "train",
+    report: DataReport | None = None,
+) -> list[dict]:
+    """Tokenize validated rows into ``{"prompt_ids", "trace_ids"}``.
+
+    Every trace gets the EOS token appended. One slot is reserved for the forking token, in every
+    assignment mode, so that all modes see identical data. A trace longer than
+    ``max_length - len(prompt) - 1`` is truncated or dropped (``long_policy``).
+    """
+    report = report if report is not None else DataReport(dataset=dataset)
+    eos = end_token_id(tokenizer)
+    out = []
+    for i, row in enumerate(rows):
+        prompt_ids = encode_prompt(tokenizer, row["prompt"], i, dataset)
+        room = None if max_length is None else max_length - len(prompt_ids) - 1
+        if room is not None and room < 1:
+            raise SSFTDataError(
+                i, "prompt", f"is {len(prompt_ids)} tokens long, leaving no room for a trace within "
+                f"max_length={max_length}.", "shorten the prompt or raise max_length (Axolotl: sequence_len).",
+                dataset,
+            )
+        seen, traces = set(), []
+        for t in row["traces"]:
+            if t in seen:
+                report.duplicates += 1
+                if duplicate_policy == "drop":
+                    report.dropped_duplicates += 1
+                    continue
+            seen.add(t)
+            ids = tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
+            if room is not None and len(ids) > room:
+                if long_policy == "drop":
+                    report.dropped_long += 1
+                    continue
+                ids = ids[:room]
+                report.truncated += 1
+            traces.append(ids)
+        if not traces:
+            report.dropped_rows += 1
+            continue
+        report.rows += 1
+        report.traces += len(traces)
+        report.traces_per_row[len(traces)] += 1
+        out.append({"prompt_ids": prompt_ids, "trace_ids": traces})
+    if report.duplicates and duplicate_policy == "warn":
+        logger.warning(
+            "%s dataset: %d duplicate traces within rows (kept; set ssft_duplicate_traces: drop to remove them)",
+            dataset, report.duplicates,
+        )
+    return out
+
+
+def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: str = "train"):
+    """Validate every row of an ssft `datasets.Dataset`, then tokenize it (columns: `TOKENIZED_COLUMNS`).
+
+    Raises `SSFTDataError` on the first bad row, before any training. Prints the `DataReport` summary.
+    An already tokenized dataset (with `prompt_ids`/`trace_ids`) is returned unchanged.
+    """
+    from datasets import Dataset
+
+    from .config import fork_token_names
+
+    columns = dataset.column_names
+    if all(c in columns for c in TOKENIZED_COLUMNS):
+        return dataset
+    if "prompt" not in columns or "traces" not in columns:
+        raise SSFTDataError(
+            None, "prompt/traces", f"the dataset has columns {columns}, not the ssft format.",
+            "give one row per question with 'prompt' and 'traces' (see trl_ssft.data.columns_to_ssft to convert "
+            "one-column-per-teacher layouts).", name,
+        )
+    rows = dataset.to_list()
+    fork_names = fork_token_names(cfg)
+    for i, row in enumerate(rows):
+        validate_row(
+            row, i, num_fork_tokens=cfg.ssft_num_fork_tokens, max_traces_policy=cfg.ssft_max_traces_policy,
+            fork_names=fork_names, dataset=name,
+        )
+    report = DataReport(dataset=name)
+    tokenized = tokenize_rows(
+        rows, tokenizer, max_length=max_length, duplicate_policy=cfg.ssft_duplicate_traces,
+        long_policy=cfg.ssft_long_traces, dataset=name, report=report,
+    )
+    print(report.summary(), flush=True)
+    if not tokenized:
+        raise SSFTDataError(None, "traces", "no usable row is left after filtering.", "", name)
+    return Dataset.from_list(tokenized)
+
+
+def columns_to_ssft(
+    dataset,
+    prompt_column: str,
+    trace_columns: Sequence[str],
+    answer_column: str | None = None,
+    system_prompt: str | None = None,
+    as_messages: bool = True,
+    skip_empty: bool = True,
+):
+    """Convert a one-column-per-trace layout into the ssft format.
+
+    Example (s1K-1.1): ``columns_to_ssft(ds, "question", ["deepseek_thinking_trajectory",
+    "gemini_thinking_trajectory"], answer_column="solution")``. `trace_sources` is set to the column
+    names. Empty or missing trace cells are skipped when `skip_empty` (a row left with none is dropped).
+    """
+    missing = [c for c in [prompt_column, *trace_columns, *([answer_column] if answer_column else [])]
+               if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"columns_to_ssft: columns {missing} not in the dataset (has {dataset.column_names})")
+
+    def convert(batch):
+        out = {"prompt": [], "traces": [], "trace_sources": [], "answer": []}
+        for k in range(len(batch[prompt_column])):
+            traces, sources = [], []
+            for c in trace_columns:
+                t = batch[c][k]
+                if skip_empty and (t is None or (isinstance(t, str) and not t.strip())):
+                    continue
+                traces.append(t)
+                sources.append(c)
+            if not traces:
+                continue
+            q = batch[prompt_column][k]
+            if as_messages:
+                msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+                prompt = msgs + [{"role": "user", "content": q}]
+            else:
+                prompt = q
+            out["prompt"].append(prompt)
+            out["traces"].append(traces)
+            out["trace_sources"].append(sources)
+            out["answer"].append(None if answer_column is None else str(batch[answer_column][k]))
+        return out
+
+    return dataset.map(convert, batched=True, remove_columns=dataset.column_names)
