@@ -1,0 +1,168 @@
+"""`SSFTArgs`: the pydantic model of the plugin's top-level YAML keys, and the checks that refuse what cannot work.
+
+The `ssft_*` fields are generated from `trl_ssft.config.SSFTFields` (same names, defaults and help
+texts as `SSFTConfig`). Axolotl-only keys (column mapping of one-column-per-teacher datasets) are
+declared in `AXOLOTL_ONLY_FIELDS`.
+
+Axolotl merges this model into its own config model, so the validator below sees the whole config
+(a plain dict) and can refuse options that break "one question per row".
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import MISSING, fields
+from typing import Any
+
+from pydantic import BaseModel, Field, create_model, model_validator
+
+from trl_ssft.config import SSFTFields, validate_ssft_fields
+
+# Dataset `type:` values that select the ssft strategy (the plugin rewrites the short name).
+SSFT_DATASET_TYPES = ("ssft", "axolotl_ssft.ssft")
+SSFT_STRATEGY = "axolotl_ssft.ssft"
+# `ssft_match_tokens: null` survives Axolotl's config round trip as this (longer than any trace).
+WHOLE_TRACE = 2**31 - 1
+
+AXOLOTL_ONLY_FIELDS: dict[str, tuple[Any, Any, str]] = {
+    "ssft_prompt_column": (
+        typing.Optional[str], None,
+        "Axolotl only. Column holding the question (a string, or a list of chat messages). Set it with "
+        "`ssft_trace_columns` to read a one-column-per-teacher dataset; leave both unset for the ssft format "
+        "(`prompt`, `traces`).",
+    ),
+    "ssft_trace_columns": (
+        typing.Optional[list[str]], None,
+        "Axolotl only. Columns holding one trace each (e.g. one per teacher). Empty cells are skipped; a row "
+        "left with no trace is dropped. `trace_sources` is set to the column names.",
+    ),
+    "ssft_system_prompt": (
+        typing.Optional[str], None,
+        "Axolotl only. With `ssft_prompt_column` holding plain strings: the question becomes a chat "
+        "[system, user] conversation with this system message (rendered with the chat template).",
+    ),
+}
+
+# Options that break the one-question-per-row layout, with the reason shown to the user.
+REFUSED_OPTIONS: dict[str, str] = {
+    "sample_packing": "packing concatenates several rows into one sequence, but an SSFT row is one question "
+    "whose traces are matched to forking tokens together. Set `sample_packing: false`.",
+    "eval_sample_packing": "packing concatenates several rows into one sequence, but an SSFT row is one "
+    "question with all its traces. Set `eval_sample_packing: false`.",
+    "batch_flattening": "flattening concatenates rows into one sequence; SSFT builds its own padded rows. "
+    "Remove `batch_flattening`.",
+    "group_by_length": "SSFT rows have no `input_ids` length (a row is a prompt plus several traces). "
+    "Remove `group_by_length`.",
+    "streaming": "SSFT validates and tokenizes whole datasets (rows are checked before training, with errors "
+    "naming the row). Set `streaming: false` and use a map-style dataset.",
+    "pretraining_dataset": "pretraining datasets are streamed and packed into fixed-length chunks of raw "
+    "text, which breaks one-question-per-row. Use `datasets:` with `type: ssft`.",
+    "rl": "SSFT is supervised (NLL) training with its own trainer; it cannot be combined with `rl:`.",
+    "reward_model": "SSFT trains a causal LM, not a reward model.",
+    "process_reward_model": "SSFT trains a causal LM, not a process reward model.",
+}
+
+
+def _ssft_field_specs() -> dict[str, tuple[Any, Any]]:
+    hints = typing.get_type_hints(SSFTFields)
+    specs = {}
+    for f in fields(SSFTFields):
+        default = f.default if f.default is not MISSING else None
+        specs[f.name] = (hints[f.name], Field(default=default, description=f.metadata.get("help", "")))
+    for name, (tp, default, help_text) in AXOLOTL_ONLY_FIELDS.items():
+        specs[name] = (tp, Field(default=default, description=help_text))
+    return specs
+
+
+SSFT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SSFTFields)) + tuple(AXOLOTL_ONLY_FIELDS)
+
+
+def ssft_settings(cfg: Any):
+    """The SSFT values of an Axolotl cfg (dict or DictDefault) as a namespace, defaults for absent/null keys.
+
+    `ssft_match_tokens: null` (whole traces) is turned into `WHOLE_TRACE` by the plugin's `register`,
+    because Axolotl drops null values when it validates the config.
+    """
+    from types import SimpleNamespace
+
+    values = {}
+    for f in fields(SSFTFields):
+        v = cfg.get(f.name)
+        values[f.name] = f.default if v is None else v
+    for name, (_, default, _) in AXOLOTL_ONLY_FIELDS.items():
+        v = cfg.get(name)
+        values[name] = default if v is None else v
+    return SimpleNamespace(**values)
+
+
+def misspelt_keys(cfg: dict) -> list[str]:
+    """Top-level keys that look like SSFT options but are not one (e.g. `ssft_num_fork_token`)."""
+    bad = []
+    for key in cfg:
+        if isinstance(key, str) and key.lower().startswith("ssft") and key not in SSFT_KEYS:
+            bad.append(key)
+    return bad
+
+
+def _misspelt_message(bad: list[str]) -> str:
+    parts = []
+    for key in bad:
+        close = difflib.get_close_matches(key, SSFT_KEYS, n=1)
+        parts.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+    return (
+        f"Unknown SSFT option(s): {', '.join(parts)}. Axolotl would silently drop them. "
+        f"Known options: {', '.join(SSFT_KEYS)}."
+    )
+
+
+def _dataset_type(ds: Any) -> Any:
+    if isinstance(ds, dict):
+        return ds.get("type")
+    return getattr(ds, "type", None)
+
+
+def check_ssft_config(cfg: dict) -> None:
+    """Raise `ValueError` explaining the first setting that cannot work with SSFT (whole raw config)."""
+    bad = misspelt_keys(cfg)
+    if bad:
+        raise ValueError(_misspelt_message(bad))
+    for key, why in REFUSED_OPTIONS.items():
+        if cfg.get(key):
+            raise ValueError(f"SSFT cannot run with `{key}: {cfg.get(key)!r}`: {why}")
+    for key in ("context_parallel_size", "sequence_parallel_degree"):
+        if (cfg.get(key) or 1) > 1:
+            raise ValueError(
+                f"SSFT cannot run with `{key}: {cfg.get(key)}`: context parallelism splits one sequence across "
+                "GPUs, but SSFT's matching pass scores N x M sequences per question on each GPU. Use data "
+                "parallelism (DDP, FSDP or DeepSpeed ZeRO) instead."
+            )
+    for split in ("datasets", "test_datasets"):
+        for k, ds in enumerate(cfg.get(split) or []):
+            t = _dataset_type(ds)
+            if t not in SSFT_DATASET_TYPES:
+                raise ValueError(
+                    f"`{split}[{k}]` has `type: {t}`, but with the SSFT plugin every dataset must be `type: ssft` "
+                    "(one question per row, with its traces). Convert the dataset, or drop the plugin."
+                )
+    if not cfg.get("datasets"):
+        raise ValueError("The SSFT plugin is listed but there is no `datasets:` entry with `type: ssft`.")
+    if cfg.get("ssft_trace_columns") and not cfg.get("ssft_prompt_column"):
+        raise ValueError("`ssft_trace_columns` needs `ssft_prompt_column` (the column with the question).")
+    if cfg.get("ssft_prompt_column") and not cfg.get("ssft_trace_columns"):
+        raise ValueError("`ssft_prompt_column` needs `ssft_trace_columns` (the columns with one trace each).")
+    validate_ssft_fields(ssft_settings(cfg))
+
+
+_SSFTArgsBase = create_model("_SSFTArgsBase", __base__=BaseModel, **_ssft_field_specs())  # type: ignore[call-overload]
+
+
+class SSFTArgs(_SSFTArgsBase):  # type: ignore[misc, valid-type]
+    """Top-level Axolotl keys of the SSFT plugin (see `trl_ssft.config.SSFTFields` for the `ssft_*` ones)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_what_cannot_work(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_ssft_config(data)
+        return data

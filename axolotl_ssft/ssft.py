@@ -1,0 +1,253 @@
+"""The dataset strategy behind `type: ssft` (and `type: axolotl_ssft.ssft`), plus the per-run checks.
+
+Two stages, so that Axolotl's prepared-dataset cache stays correct when `ssft_*` keys change:
+
+1. `load(...)` -> `SSFTDatasetStrategy.wrap_dataset`: validate every row (errors name the dataset, row
+   and field) and tokenize once. The result is cached by Axolotl and depends only on the data, the
+   tokenizer, the chat template and the column mapping (which the plugin stamps into the dataset's
+   cache key). Output columns, one row per question::
+
+       prompt_ids [P] int, trace_ids [M][L_j] int (each trace ends with EOS),
+       ssft_row int (row number in the source dataset), ssft_source str (the dataset path)
+
+   Nothing here depends on N, the assignment mode or the trace policies.
+
+2. `finalize_dataset(...)`: run at every start (by the plugin, after the cache): checks that depend on
+   N (M > N, forking-token ids inside a prompt or trace) and the `ssft_duplicate_traces` /
+   `ssft_long_traces` policies against `sequence_len`. Prints the `DataReport`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from trl_ssft.data import DataReport, SSFTDataError, tokenize_rows, validate_row
+
+from .args import ssft_settings
+
+LOG = logging.getLogger(__name__)
+
+try:  # Axolotl's base class; the strategy also works without it (tests, other hosts)
+    from axolotl.prompt_tokenizers import DatasetWrappingStrategy
+except ImportError:  # pragma: no cover
+    DatasetWrappingStrategy = object  # type: ignore[assignment,misc]
+
+TOKENIZED = ("prompt_ids", "trace_ids")
+
+
+def _plugin_listed(cfg: Any) -> bool:
+    """True when an `SSFTPlugin` is registered for this config (it must be, for the trainer and keys)."""
+    try:
+        from axolotl.integrations.base import PluginManager
+    except ImportError:  # pragma: no cover
+        return False
+    from .plugin import SSFTPlugin
+
+    plugins = PluginManager.get_instance().plugins
+    return any(isinstance(plugins.get(name), SSFTPlugin) for name in (cfg.get("plugins") or []))
+
+
+def _is_empty(x: Any) -> bool:
+    return x is None or (isinstance(x, str) and not x.strip())
+
+
+def map_columns(rows: list[dict], settings, name: str) -> tuple[list[dict], list[int]]:
+    """One-column-per-trace rows -> ssft rows (`prompt`, `traces`, `trace_sources`), with source row numbers.
+
+    Empty trace cells are skipped; a row left with no trace is dropped (and counted in the log).
+    A string prompt becomes a chat [system?, user] conversation when `ssft_system_prompt` is set or
+    `as_messages` (the tokenizer has a chat template); a list of messages is kept as it is.
+    """
+    pc, tcs = settings.ssft_prompt_column, list(settings.ssft_trace_columns)
+    have = set(rows[0]) if rows else set()
+    missing = [c for c in [pc, *tcs] if c not in have]
+    if rows and missing:
+        raise SSFTDataError(
+            None, ", ".join(missing), f"column(s) not in the dataset (it has {sorted(have)}).",
+            "fix ssft_prompt_column / ssft_trace_columns.", name,
+        )
+    out, index, dropped = [], [], 0
+    for i, row in enumerate(rows):
+        traces = [(c, row[c]) for c in tcs if not _is_empty(row.get(c))]
+        if not traces:
+            dropped += 1
+            continue
+        prompt = row[pc]
+        if isinstance(prompt, str) and settings.as_messages:
+            sys = [{"role": "system", "content": settings.ssft_system_prompt}] if settings.ssft_system_prompt else []
+            prompt = sys + [{"role": "user", "content": prompt}]
+        out.append({"prompt": prompt, "traces": [t for _, t in traces], "trace_sources": [c for c, _ in traces]})
+        index.append(i)
+    if dropped:
+        LOG.warning("%s: %d rows have no non-empty trace column and were dropped", name, dropped)
+    return out, index
+
+
+class SSFTDatasetStrategy(DatasetWrappingStrategy):  # type: ignore[misc,valid-type]
+    """Validate + tokenize a whole ssft dataset (see the module docstring for the output columns)."""
+
+    def __init__(self, tokenizer, cfg: Any, ds_cfg: Any = None):
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.name = str((ds_cfg or {}).get("path") or "train") if ds_cfg is not None else "train"
+
+    def wrap_dataset(self, dataset, process_count: int | None = None, keep_in_memory: bool | None = False,
+                     **kwargs):
+        from datasets import Dataset
+
+        if not isinstance(dataset, Dataset):
+            raise ValueError(
+                f"SSFT dataset {self.name}: got a {type(dataset).__name__}; SSFT needs a map-style dataset "
+                "(streaming is not supported: rows are validated before training)."
+            )
+        settings = ssft_settings(self.cfg)
+        rows = dataset.to_list()
+        index = list(range(len(rows)))
+        if settings.ssft_prompt_column:
+            settings.as_messages = getattr(self.tokenizer, "chat_template", None) is not None or bool(
+                settings.ssft_system_prompt)
+            rows, index = map_columns(rows, settings, self.name)
+        elif rows and ("prompt" not in rows[0] or "traces" not in rows[0]):
+            raise SSFTDataError(
+                None, "prompt/traces", f"the dataset has columns {dataset.column_names}, not the ssft format.",
+                "give rows with 'prompt' and 'traces', or map a one-column-per-teacher layout with "
+                "ssft_prompt_column and ssft_trace_columns.", self.name,
+            )
+        for i, row in zip(index, rows):
+            validate_row(row, i, dataset=self.name)
+        report = DataReport(dataset=self.name)
+        tokenized = _tokenize_keep_index(rows, index, self.tokenizer, self.name, report)
+        if not tokenized["prompt_ids"]:
+            raise SSFTDataError(None, "traces", "the dataset has no usable row.", "", self.name)
+        tokenized["ssft_source"] = [self.name] * len(tokenized["prompt_ids"])
+        return Dataset.from_dict(tokenized)
+
+
+def _tokenize_keep_index(rows, index, tokenizer, name, report) -> dict[str, list]:
+    """`tokenize_rows` with no truncation or dropping (the policies run per start), one row at a time.
+
+    Row by row so a chat-template error names the source row; rows stay 1:1 with the input.
+    """
+    out: dict[str, list] = {"prompt_ids": [], "trace_ids": [], "ssft_row": []}
+    for i, row in zip(index, rows):
+        try:
+            tok = tokenize_rows([row], tokenizer, max_length=None, duplicate_policy="keep",
+                                long_policy="truncate", dataset=name, report=report)
+        except SSFTDataError as e:
+            raise SSFTDataError(i, e.field, str(e).split(f"field '{e.field}': ", 1)[-1], "", name) from e
+        out["prompt_ids"].append(tok[0]["prompt_ids"])
+        out["trace_ids"].append(tok[0]["trace_ids"])
+        out["ssft_row"].append(i)
+    return out
+
+
+def load(tokenizer, cfg, ds_cfg=None, processor=None) -> SSFTDatasetStrategy:
+    """Axolotl entry point for `type: ssft` / `type: axolotl_ssft.ssft`."""
+    if not _plugin_listed(cfg):
+        raise ValueError(
+            f"dataset {(ds_cfg or {}).get('path')!r} has `type: {(ds_cfg or {}).get('type')}` but the SSFT plugin "
+            "is not active: add `plugins: [axolotl_ssft.SSFTPlugin]` to the config (without it the ssft_* keys "
+            "are ignored and training would not be SSFT)."
+        )
+    return SSFTDatasetStrategy(tokenizer, cfg, ds_cfg)
+
+
+# ------------------------------------------------------------------ per-start checks (depend on N)
+def _where(ds_row: dict, k: int) -> tuple[int, str]:
+    return int(ds_row.get("ssft_row", k)), str(ds_row.get("ssft_source") or "train")
+
+
+def finalize_dataset(dataset, settings, fork_ids: list[int], fork_names: list[str], max_length: int | None,
+                     split: str = "train"):
+    """Check a tokenized ssft dataset against this run's settings and apply the trace policies.
+
+    Raises `SSFTDataError` (naming source dataset, row and field) for a forking-token id inside a prompt
+    or trace, and for M > N under `ssft_max_traces_policy: error` (not with `ssft_assignment: none`).
+    Duplicates (`ssft_duplicate_traces`) and traces longer than `max_length - len(prompt) - 1`
+    (`ssft_long_traces`) are handled as configured. Returns the dataset (unchanged if nothing changed).
+    """
+    from datasets import Dataset
+
+    if dataset is None:
+        return None
+    missing = [c for c in TOKENIZED if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{split} dataset has columns {dataset.column_names}: not an ssft dataset "
+                         f"(missing {missing}); every dataset must be `type: ssft`")
+    n = len(fork_ids)
+    fork = np.asarray(fork_ids, dtype=np.int64)
+    report = DataReport(dataset=split)
+    changed = False
+    out: dict[str, list] = {c: [] for c in dataset.column_names}
+    for k, row in enumerate(dataset):
+        i, src = _where(row, k)
+        prompt, traces = row["prompt_ids"], row["trace_ids"]
+        hit = np.isin(np.asarray(prompt, dtype=np.int64), fork)
+        if hit.any():
+            tok = fork_names[fork_ids.index(int(np.asarray(prompt)[hit][0]))]
+            raise SSFTDataError(i, "prompt", f"contains the forking token {tok!r}.",
+                                "remove it from the data or choose another ssft_fork_token_template.", src)
+        for j, t in enumerate(traces):
+            hit = np.isin(np.asarray(t, dtype=np.int64), fork)
+            if hit.any():
+                tok = fork_names[fork_ids.index(int(np.asarray(t)[hit][0]))]
+                raise SSFTDataError(i, f"traces[{j}]", f"contains the forking token {tok!r}.",
+                                    "remove it from the data or choose another ssft_fork_token_template.", src)
+        if (len(traces) > n and settings.ssft_max_traces_policy == "error"
+                and settings.ssft_assignment != "none"):
+            raise SSFTDataError(
+                i, "traces", f"has {len(traces)} traces but there are only {n} forking tokens (M > N).",
+                "raise ssft_num_fork_tokens, remove traces, or set ssft_max_traces_policy: subsample.", src,
+            )
+        room = None if max_length is None else max_length - len(prompt) - 1
+        if room is not None and room < 1:
+            raise SSFTDataError(
+                i, "prompt", f"is {len(prompt)} tokens long, leaving no room for a trace within "
+                f"sequence_len={max_length}.", "shorten the prompt or raise sequence_len.", src)
+        seen, kept = set(), []
+        for t in traces:
+            key = tuple(t)
+            if key in seen:
+                report.duplicates += 1
+                if settings.ssft_duplicate_traces == "drop":
+                    report.dropped_duplicates += 1
+                    changed = True
+                    continue
+            seen.add(key)
+            if room is not None and len(t) > room:
+                changed = True
+                if settings.ssft_long_traces == "drop":
+                    report.dropped_long += 1
+                    continue
+                t = t[:room]
+                report.truncated += 1
+            kept.append(t)
+        if not kept:
+            report.dropped_rows += 1
+            changed = True
+            continue
+        report.rows += 1
+        report.traces += len(kept)
+        report.traces_per_row[len(kept)] += 1
+        for c in dataset.column_names:
+            out[c].append(kept if c == "trace_ids" else row[c])
+    print(report.summary(), flush=True)
+    if report.duplicates and settings.ssft_duplicate_traces == "warn":
+        LOG.warning("%s: %d duplicate traces within rows (kept; set ssft_duplicate_traces: drop to remove them)",
+                    split, report.duplicates)
+    if not report.rows:
+        raise SSFTDataError(None, "traces", "no usable row is left after the trace policies.", "", split)
+    return Dataset.from_dict(out) if changed else dataset
+
+
+def supervised_tokens(dataset) -> tuple[int, int]:
+    """(all tokens, trace tokens) of a tokenized ssft dataset, one forking token per trace included."""
+    total = sup = 0
+    for p, ts in zip(dataset["prompt_ids"], dataset["trace_ids"]):
+        for t in ts:
+            total += len(p) + 1 + len(t)
+            sup += len(t)
+    return total, sup

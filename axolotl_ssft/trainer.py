@@ -1,0 +1,55 @@
+"""`AxolotlSSFTTrainer`: the core's SSFT set loss (`trl_ssft.loss.SSFTLossMixin`) on Axolotl's trainer.
+
+Batches come from `SSFTAxolotlCollator` (= `trl_ssft.collator.SSFTCollator`), see that module for
+their layout: ``ssft_prompt_ids [B, P]``, ``ssft_trace_ids [B, M, L]``, lengths and loss-token counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from axolotl.core.trainers.base import AxolotlTrainer
+
+from trl_ssft.collator import SSFTCollator
+from trl_ssft.data import TOKENIZED_COLUMNS
+from trl_ssft.loss import SSFTLossMixin
+
+from .args import ssft_settings
+
+
+def SSFTAxolotlCollator(tokenizer=None, *, num_fork_tokens: int, assignment: str = "hungarian",  # noqa: N802
+                        fork_token_loss: bool = False, max_traces_policy: str = "error", seed: int = 0,
+                        **_axolotl_kwargs: Any) -> SSFTCollator:
+    """Build the core collator the way Axolotl's builder calls a collator class: ``cls(tokenizer, **kwargs)``.
+
+    Axolotl's own padding arguments (`padding`, `pad_to_multiple_of`, `return_tensors`) are ignored: the
+    collator keeps questions as prompt + trace lists, and the trainer pads the rows it builds.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return SSFTCollator(pad_token_id=pad, num_fork_tokens=num_fork_tokens, assignment=assignment,
+                        fork_token_loss=fork_token_loss, max_traces_policy=max_traces_policy, seed=seed)
+
+
+class AxolotlSSFTTrainer(SSFTLossMixin, AxolotlTrainer):
+    """Axolotl's trainer with the SSFT loss; the plugin calls `setup_ssft_from_axolotl(cfg)` after creation."""
+
+    tag_names = ["axolotl", "ssft"]
+
+    def setup_ssft_from_axolotl(self, cfg) -> None:
+        """Attach the SSFT settings of an Axolotl cfg (forking tokens looked up in the trainer's tokenizer)."""
+        from trl_ssft.config import fork_token_names
+
+        settings = ssft_settings(cfg)
+        names = fork_token_names(settings)
+        tok = self.processing_class
+        tok = getattr(tok, "tokenizer", tok)
+        ids = tok.convert_tokens_to_ids(names)
+        unknown = [n for n, i in zip(names, ids) if i is None or i == tok.unk_token_id]
+        if unknown:
+            raise RuntimeError(f"SSFT: forking tokens {unknown} are missing from the trainer's tokenizer")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.setup_ssft(settings, ids, names, pad)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = list(TOKENIZED_COLUMNS)
