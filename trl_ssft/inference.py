@@ -1,0 +1,341 @@
+"""Parallel inference with global forking tokens: per-token prompts, batched generation, answers, votes.
+
+The sequence layout matches training: the prompt (chat template with the generation prompt for a
+message list, the raw string otherwise), then ONE forking token, then the model's continuation::
+
+    prompts = fork_prompt_ids(tok, [{"role": "user", "content": q}], ["<think1>", ..., "<thinkN>"])
+    # N lists of ids; prompts[i][-1] == id of "<think{i+1}>"
+    texts = generate(model, tok, prompts, temperature=0.7, top_p=0.95)   # N continuations
+    vote = majority_vote([extract_answer(t) for t in texts], equal=answers_equal)
+
+`fork_prompt_strings` gives the same prompts as text, for serving engines (vLLM etc.). A model
+trained with `ssft_fork_token_loss` can pick its own token: `choose_fork_token`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .data import encode_prompt, render_prompt
+from .metrics import majority_vote, vote_counts  # noqa: F401  (re-exported)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "ssft_state.json"
+Prompt = str | list[dict]
+
+
+# ---------------------------------------------------------------- loading
+@dataclass
+class SSFTModel:
+    """A loaded model with its tokenizer and the training record of its forking tokens."""
+
+    model: object
+    tokenizer: object
+    fork_tokens: list[str]
+    fork_token_ids: list[int]
+    pass1_token: str | None = None
+    state: dict = field(default_factory=dict)
+
+
+def read_ssft_state(path: str) -> dict:
+    """The `ssft_state.json` of a model or checkpoint dir ({} when absent)."""
+    f = os.path.join(path, STATE_FILE)
+    if not os.path.exists(f):
+        return {}
+    with open(f) as fh:
+        return json.load(fh)
+
+
+def find_fork_tokens(tokenizer, template: str = "<think{i}>") -> list[str]:
+    """Forking tokens present in the vocabulary: ``template`` with i = 1, 2, ... until one is missing."""
+    vocab = tokenizer.get_vocab()
+    out, i = [], 1
+    while template.format(i=i) in vocab:
+        out.append(template.format(i=i))
+        i += 1
+    return out
+
+
+def load_ssft_model(path: str, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
+                    fork_tokens: Sequence[str] | None = None) -> SSFTModel:
+    """Load a saved SSFT model dir (full model, or a PEFT adapter dir with `adapter_config.json`).
+
+    The forking tokens come from `fork_tokens`, else from the dir's `ssft_state.json` (written by
+    the trainer), else from the tokenizer's `<think1>`, `<think2>`, ... The Pass@1 token defaults to
+    the state's `pass1_token` (the token matched to the most traces in training). The model is put
+    in eval mode on `device` (default: CUDA when available, else CPU).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if os.path.exists(os.path.join(path, "adapter_config.json")):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.to(device).eval()
+    state = read_ssft_state(path)
+    names = list(fork_tokens or state.get("fork_tokens") or find_fork_tokens(tokenizer))
+    if not names:
+        raise ValueError(f"{path}: no forking tokens found (no {STATE_FILE}, no <think1> in the tokenizer); "
+                         "pass fork_tokens=[...]")
+    ids = fork_token_ids(tokenizer, names)
+    return SSFTModel(model, tokenizer, names, ids, state.get("pass1_token"), state)
+
+
+def fork_token_ids(tokenizer, names: Sequence[str]) -> list[int]:
+    """Ids of the forking tokens; ValueError if one is not a single token of `tokenizer`."""
+    ids = []
+    for n in names:
+        enc = tokenizer(n, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            raise ValueError(f"forking token {n!r} is not a single token of this tokenizer (encodes to {enc})")
+        ids.append(enc[0])
+    return ids
+
+
+# ---------------------------------------------------------------- prompts
+def fork_prompt_ids(tokenizer, prompt: Prompt, fork_tokens: Sequence[str] | None) -> list[list[int]]:
+    """The N prompts of one question as token ids: ``encode_prompt(prompt) + [id of fork_tokens[i]]``.
+
+    A message list is rendered with the chat template and its generation prompt (as in training).
+    ``fork_tokens=None`` or ``[]`` gives the single prompt without a forking token (SFT-mixed models).
+    Returns N lists (1 without tokens).
+    """
+    base = encode_prompt(tokenizer, prompt)
+    if not fork_tokens:
+        return [list(base)]
+    return [list(base) + [i] for i in fork_token_ids(tokenizer, fork_tokens)]
+
+
+def fork_prompt_strings(tokenizer, prompt: Prompt, fork_tokens: Sequence[str] | None) -> list[str]:
+    """The N prompts as text (for vLLM-like engines): rendered prompt + forking-token text.
+
+    Tokenized without adding special tokens, a string encodes to the ids of `fork_prompt_ids` for
+    chat prompts (a BOS that `encode_prompt` adds to a plain-string prompt is not in the string).
+    """
+    base = render_prompt(tokenizer, prompt)
+    return [base + t for t in fork_tokens] if fork_tokens else [base]
+
+
+# ---------------------------------------------------------------- generation
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = set()
+    gc = getattr(model, "generation_config", None)
+    eos = getattr(gc, "eos_token_id", None) if gc is not None else None
+    for e in ([eos] if isinstance(eos, int) else list(eos or [])) + [tokenizer.eos_token_id]:
+        if e is not None:
+            ids.add(int(e))
+    return sorted(ids)
+
+
+def _left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    s = max(len(x) for x in batch)
+    ids = torch.full((len(batch), s), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), s), dtype=torch.long)
+    for r, x in enumerate(batch):
+        ids[r, s - len(x):] = torch.tensor(list(x), dtype=torch.long)
+        mask[r, s - len(x):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    greedy: bool = False,
+    batch_size: int = 32,
+    seed: int | None = 0,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[int]]:
+    """Continue each prompt (list of ids) with `model.generate`; returns the new ids of each, EOS cut off.
+
+    Batches of `batch_size` prompts are left-padded with the tokenizer's pad token (EOS when it has
+    none) and sent through `generate` with an attention mask, so a batched greedy run gives the same
+    output as one prompt at a time. Sampling uses `temperature` and `top_p` (`greedy=True` or
+    ``temperature == 0`` decodes greedily). `seed` seeds torch's RNG once before generating (the
+    samples then depend on the batch layout). Works for `PeftModel`s too. `progress(n)` is called
+    after each batch with the number of prompts done in it.
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = _eos_ids(model, tokenizer)
+    greedy = greedy or temperature == 0
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out: list[list[int]] = []
+    try:
+        for s in range(0, len(prompts), batch_size):
+            chunk = prompts[s: s + batch_size]
+            ids, mask = _left_pad(chunk, pad)
+            kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p,
+                                                           top_k=0)
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos, **kw)
+            new = gen[:, ids.shape[1]:].tolist()
+            for row in new:
+                cut = next((k for k, t in enumerate(row) if t in eos), len(row))
+                out.append(row[:cut])
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def generate(model, tokenizer, prompts: Sequence[Sequence[int]], **kwargs) -> list[str]:
+    """`generate_ids`, decoded to text (special tokens skipped)."""
+    return [tokenizer.decode(x, skip_special_tokens=True) for x in generate_ids(model, tokenizer, prompts, **kwargs)]
+
+
+@torch.no_grad()
+def fork_token_probs(model, tokenizer, prompts: Sequence[Prompt], fork_tokens: Sequence[str],
+                     batch_size: int = 32) -> torch.Tensor:
+    """p(forking token i | prompt), renormalised over the N forking tokens: [len(prompts), N] float on CPU.
+
+    Meaningful for a model trained with `ssft_fork_token_loss` (otherwise close to uniform or arbitrary).
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids_f = torch.tensor(fork_token_ids(tokenizer, fork_tokens))
+    rows = [encode_prompt(tokenizer, p) for p in prompts]
+    out = []
+    for s in range(0, len(rows), batch_size):
+        ids, mask = _left_pad(rows[s: s + batch_size], pad)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                       use_cache=False).logits[:, -1, :].float().cpu()
+        out.append(torch.softmax(logits[:, ids_f], dim=-1))
+    return torch.cat(out) if out else torch.zeros((0, len(fork_tokens)))
+
+
+def choose_fork_token(model, tokenizer, prompts: Sequence[Prompt], fork_tokens: Sequence[str],
+                      strategy: str = "argmax", seed: int = 0) -> list[int]:
+    """The model's own token for each prompt: index into `fork_tokens` ([len(prompts)] ints).
+
+    ``argmax``: the most probable forking token after the prompt; ``sample``: drawn from the
+    renormalised probabilities (`fork_token_probs`) with a generator seeded by `seed`.
+    """
+    probs = fork_token_probs(model, tokenizer, prompts, fork_tokens)
+    if strategy == "argmax":
+        return probs.argmax(-1).tolist()
+    if strategy == "sample":
+        gen = torch.Generator().manual_seed(seed)
+        return torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
+    raise ValueError(f"strategy must be 'argmax' or 'sample', got {strategy!r}")
+
+
+# ---------------------------------------------------------------- answers
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (nested braces allowed), or None. ``\\boxed 5`` also works."""
+    start = text.rfind("\\boxed")
+    while start != -1:
+        k = start + len("\\boxed")
+        while k < len(text) and text[k] == " ":
+            k += 1
+        if k < len(text) and text[k] == "{":
+            depth = 0
+            for e in range(k, len(text)):
+                if text[e] == "{":
+                    depth += 1
+                elif text[e] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return text[k + 1: e].strip()
+            # unbalanced: try an earlier \boxed
+        elif k > start + len("\\boxed"):
+            m = re.match(r"[^\s$]+", text[k:])
+            if m:
+                return m.group(0)
+        start = text.rfind("\\boxed", 0, start)
+    return None
+
+
+def extract_answer(text: str, pattern: str | re.Pattern | None = None) -> str | None:
+    """The final answer of a generated text: the last ``\\boxed{...}``, or the last match of `pattern`.
+
+    With a `pattern` (regex), its first group is returned when it has groups, else the whole match.
+    """
+    if pattern is None:
+        return extract_boxed(text)
+    matches = list(re.finditer(pattern, text))
+    if not matches:
+        return None
+    m = matches[-1]
+    return (m.group(1) if m.re.groups else m.group(0)).strip()
+
+
+_STRIP = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\displaystyle", "$"]
+
+
+def normalize_answer(s: str) -> str:
+    """Light normalisation for string equality: spaces, ``$``, ``\\left``/``\\right``, ``dfrac``,
+    ``\\text{...}`` wrappers, trailing period, and numbers written with commas or trailing zeros."""
+    s = str(s).strip()
+    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
+    for t in _STRIP:
+        s = s.replace(t, "")
+    s = s.replace("dfrac", "frac").replace("tfrac", "frac")
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    num = s.replace(",", "")
+    if re.fullmatch(r"[-+]?\d+(\.\d+)?", num):
+        num = num.lstrip("+")
+        if "." in num:
+            num = num.rstrip("0").rstrip(".")
+        return "0" if num in ("-0", "") else num
+    return s
+
+
+def math_verify_available() -> bool:
+    try:
+        import math_verify  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def answers_equal(gold: str | None, pred: str | None, use_math_verify: bool | None = None) -> bool:
+    """Whether `pred` equals `gold`: `math_verify` when installed (``use_math_verify=None``: auto),
+    normalised string equality (`normalize_answer`) otherwise, and as a fallback when it says no."""
+    if gold is None or pred is None:
+        return False
+    if normalize_answer(gold) == normalize_answer(pred):
+        return True
+    if use_math_verify is None:
+        use_math_verify = math_verify_available()
+    if use_math_verify:
+        from math_verify import parse, verify
+
+        try:
+            g = parse(f"${gold}$") or parse(gold)
+            p = parse(f"${pred}$") or parse(pred)
+            return bool(verify(g, p))
+        except Exception:  # math_verify raises on odd input
+            return False
+    return False
+
+
+def make_equal(use_math_verify: bool | None = None) -> Callable[[str, str], bool]:
+    """An equality function for `majority_vote` / metrics with the chosen `math_verify` setting."""
+    return lambda a, b: answers_equal(a, b, use_math_verify)
