@@ -29,6 +29,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from .compat import disable_bnb_cpu_inference_repack
 from .matching import assign, sanitize_cost, second_best_total
 from .scoring import score_continuations
 
@@ -70,6 +71,7 @@ class SSFTLossMixin:
         self.fork_token_ids = list(fork_token_ids)
         self.fork_token_names = list(fork_token_names)
         self.ssft_pad_token_id = pad_token_id
+        disable_bnb_cpu_inference_repack(self.model)
         self.ssft_match_counts = np.zeros(len(fork_token_ids), dtype=np.int64)
         self._ssft_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         # Our loss is already normalised by the token count of the whole GA window (see get_batch_samples).
