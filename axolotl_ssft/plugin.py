@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import weakref
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
@@ -75,6 +76,7 @@ class SSFTPlugin(BasePlugin):
         super().__init__()
         self._trainable_tokens: dict[str, list[int]] | None = None
         self._fork_ids: list[int] | None = None
+        self._trainer = None
         self._summary_printed = False
 
     # ------------------------------------------------------------ config
@@ -212,17 +214,24 @@ class SSFTPlugin(BasePlugin):
                 "`trainer_cls` chose the trainer class). Remove the conflicting setting."
             )
         trainer.setup_ssft_from_axolotl(cfg)
+        self._trainer = weakref.ref(trainer)
+        self._summary_printed = False
 
     def post_train(self, cfg, model) -> None:
-        if not is_ssft_config(cfg) or self._summary_printed:
+        """Write `ssft_state.json` (match counts, Pass@1 token) next to the final model and print it."""
+        trainer = self._trainer() if self._trainer is not None else None
+        if not is_ssft_config(cfg) or self._summary_printed or trainer is None:
             return
         self._summary_printed = True  # Axolotl calls post_train twice
         import os
 
-        path = os.path.join(cfg.output_dir, "ssft_state.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                state = json.load(f)
+        from trl_ssft.loss import STATE_FILE
+
+        state = trainer.ssft_state()
+        if trainer.args.should_save:
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            with open(os.path.join(cfg.output_dir, STATE_FILE), "w") as f:
+                json.dump(state, f, indent=2)
             pairs = ", ".join(f"{t}: {c}" for t, c in zip(state["fork_tokens"], state["match_counts"]))
             print(f"SSFT match counts ({state['assignment']}): {pairs}; Pass@1 token: {state['pass1_token']}",
                   flush=True)
