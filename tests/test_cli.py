@@ -1,0 +1,60 @@
+"""`trl-ssft train` from a YAML recipe, in a subprocess (the real console script)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_DISABLED="true")
+    return env
+
+
+def test_cli_trains_from_yaml(tmp_path):
+    from trl_ssft.demo_assets import build_demo_assets
+
+    assets = build_demo_assets(str(tmp_path / "assets"), num_train=24, num_eval=8)
+    out = tmp_path / "run"
+    exe = os.path.join(os.path.dirname(sys.executable), "trl-ssft")
+    cmd = [exe, "train", "--config", os.path.join(REPO, "examples/yaml/trl_tiny_cpu.yaml"),
+           "--model_name_or_path", assets["model"], "--dataset_name", assets["train"],
+           "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "SSFT done: 4 steps" in proc.stdout
+    state = json.load(open(out / "ssft_state.json"))
+    assert sum(state["match_counts"]) == 4 * 4 * 4
+    assert (out / "checkpoint-2" / "ssft_state.json").exists()
+    assert "ssft/matched_cost" in proc.stdout + proc.stderr
+    tok = json.load(open(out / "tokenizer.json"))
+    assert {"<think1>", "<think6>"} <= {t["content"] for t in tok["added_tokens"]}
+
+
+def test_cli_reports_bad_data_with_row_and_field(tmp_path):
+    from trl_ssft.demo_assets import build_demo_assets, write_jsonl
+    from trl_ssft.synthetic import make_rows
+
+    assets = build_demo_assets(str(tmp_path / "assets"), num_train=8, num_eval=2)
+    rows = make_rows(5, seed=3)
+    rows[3]["traces"] = ["ok", ""]
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(str(bad), rows)
+    exe = os.path.join(os.path.dirname(sys.executable), "trl-ssft")
+    cmd = [exe, "train", "--config", os.path.join(REPO, "examples/yaml/trl_tiny_cpu.yaml"),
+           "--model_name_or_path", assets["model"], "--dataset_name", str(bad), "--output_dir", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode != 0
+    assert "row 3, field 'traces[1]': is empty" in proc.stderr
+
+
+@pytest.mark.parametrize("argv,code", [([], 2), (["--help"], 0), (["bogus"], 2)])
+def test_cli_usage(argv, code):
+    from trl_ssft.cli import main
+
+    assert main(argv) == code
