@@ -87,8 +87,9 @@ class SSFTFields:
     ssft_seed: int | None = field(
         default=None,
         metadata={
-            "help": "Seed of the `random` assignment and of trace subsampling (default: the training seed). The "
-            "draw depends only on this seed, the step and the question, so it is the same on every process."
+            "help": "Seed of the `random` assignment and of trace subsampling (default: the training seed). A "
+            "`random` draw depends only on this seed, the step and the question, so it is the same on every "
+            "process; subsampling (M > N) draws from a stream seeded with it."
         },
     )
 
