@@ -200,3 +200,28 @@ def test_eval_prompt_answer_dataset_without_modes(trained, tmp_path):
     mat, rows, cols, _ = heatmap_matrix(rep)
     assert cols == ["correct", "wrong", "no answer"] and rows == NAMES
     assert mat.sum(axis=1) == pytest.approx([1.0] * 4)
+
+
+def test_adapter_dir_loads_and_generates(tiny, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    tok, model, rows = tiny
+    base_dir, adapter_dir = str(tmp_path / "base"), str(tmp_path / "adapter")
+    model.save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    from transformers import AutoModelForCausalLM
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(adapter_dir)
+    tok.save_pretrained(adapter_dir)
+    with open(os.path.join(adapter_dir, "ssft_state.json"), "w") as f:
+        json.dump({"fork_tokens": NAMES[:3], "pass1_token": "<think2>"}, f)
+    sm = inf.load_ssft_model(adapter_dir, device="cpu")
+    assert isinstance(sm.model, PeftModel)
+    assert sm.fork_tokens == NAMES[:3] and sm.pass1_token == "<think2>"
+    prompts = [p for r in rows[:2] for p in inf.fork_prompt_ids(tok, r["prompt"], sm.fork_tokens)]
+    loaded = inf.generate_ids(sm.model, sm.tokenizer, prompts, max_new_tokens=10, greedy=True)
+    peft_model.eval()
+    assert loaded == inf.generate_ids(peft_model, tok, prompts, max_new_tokens=10, greedy=True)
+    assert loaded != inf.generate_ids(model, tok, prompts, max_new_tokens=10, greedy=True)  # the adapter acts
