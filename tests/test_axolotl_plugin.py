@@ -373,7 +373,7 @@ BAD_ROWS = [
     ("missing_traces", lambda r: r.pop("traces"), r"row 3, field 'traces': missing"),
     ("empty_trace", lambda r: r["traces"].__setitem__(1, " "), r"row 3, field 'traces\[1\]': is empty"),
     ("assistant_last", lambda r: r["prompt"].append({"role": "assistant", "content": "x"}),
-     r"row 3, field 'prompt': the last message has role 'assistant'"),
+     r"row 3, field 'prompt[^']*': the last message has role 'assistant'"),
     ("fork_in_trace", lambda r: r["traces"].__setitem__(2, r["traces"][2] + " <think2>"),
      r"row 3, field 'traces\[2\]': contains the forking token '<think2>'"),
     ("fork_in_prompt", lambda r: r["prompt"][0].__setitem__("content", "<think5> add"),
