@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1 \
        WANDB_DISABLED=true TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 bash scripts/setup_env.sh oldest
+export PATH="$PWD/.venv/bin:$PATH"   # the axolotl CLI execs accelerate from PATH
 OUT="${DEMO_OUT:-demo_out}"
 rm -rf "$OUT"; mkdir -p "$OUT"
 echo "== 1/3 building the tiny model and the bundled data in $OUT/assets"

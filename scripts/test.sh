@@ -10,6 +10,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 AXOLOTL_DO_
        WANDB_DISABLED=true TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 bash scripts/setup_env.sh oldest || exit 1
 bash scripts/setup_env.sh newest || exit 1
+export PATH="$PWD/.venv/bin:$PATH"   # the axolotl CLI execs accelerate from PATH
 status=0
 echo "=== [1/2] full suite: axolotl 0.19 / trl 1.9 / transformers 5.16 ==="
 .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@" || status=1
