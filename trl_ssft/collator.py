@@ -8,8 +8,12 @@ Output (B questions, M_max traces, lengths padded with `pad_token_id`):
   trace for the forking token when `fork_token_loss` and a token is used). The trainer sums these
   over the gradient-accumulation window to normalise the loss exactly like SFT does.
 
-Rows with more traces than forking tokens are subsampled here (policy ``subsample``), with a
-fresh draw per call, so the loss-token count and the matching see the same traces.
+Rows with more traces than forking tokens (M > N) are passed whole under policy ``subsample``: the
+trainer draws the N traces of each step (`SSFTLossMixin.ssft_select_traces`) from the seed, the global
+step and the question, so the draw is the same on every process, with dataloader workers, and after a
+resume (a collator-side RNG would be restarted by both). `ssft_num_loss_tokens` counts every trace
+passed; the trainer recounts a micro-batch whose questions were subsampled. Under policy ``error``
+such a row raises here (`prepare_ssft_dataset` already refuses it, naming the row, before training).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ class SSFTCollator:
     assignment: str = "hungarian"
     fork_token_loss: bool = False
     max_traces_policy: str = "error"
-    seed: int = 0
+    seed: int = 0  # kept for compatibility; the per-step draw is seeded by the trainer
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -41,8 +45,7 @@ class SSFTCollator:
                 f"a question has {len(traces)} traces but there are only {self.num_fork_tokens} forking tokens; "
                 "set ssft_max_traces_policy: subsample or raise ssft_num_fork_tokens"
             )
-        keep = sorted(self._rng.sample(range(len(traces)), self.num_fork_tokens))
-        return [traces[j] for j in keep]
+        return traces  # the trainer draws N of them per step (deterministic, resumable)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         prompts = [list(f["prompt_ids"]) for f in features]

@@ -49,6 +49,7 @@ class DataReport:
     duplicates: int = 0
     dropped_duplicates: int = 0
     dropped_rows: int = 0
+    subsampled_rows: int = 0
     traces_per_row: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
@@ -58,8 +59,12 @@ class DataReport:
             f"SSFT data ({self.dataset}): {self.rows} rows, {self.traces} traces ({m_str}); "
             f"{self.truncated} traces truncated to max_length, {self.dropped_long} too-long traces dropped, "
             f"{self.duplicates} duplicate traces ({self.dropped_duplicates} dropped), "
-            f"{self.dropped_rows} rows dropped (no trace left)"
+            f"{self.dropped_rows} rows dropped (no trace left), "
+            f"{self.subsampled_rows} rows with more traces than forking tokens (subsampled each step)"
         )
+
+
+_FORK_FIX = "remove it from the data or choose another ssft_fork_token_template."
 
 
 def _check_prompt(prompt: Any, row: int, dataset: str) -> None:
@@ -69,22 +74,37 @@ def _check_prompt(prompt: Any, row: int, dataset: str) -> None:
         return
     if not isinstance(prompt, (list, tuple)) or not prompt:
         raise SSFTDataError(
-            row, "prompt", f"must be a string or a non-empty list of chat messages, got {type(prompt).__name__}.",
+            row, "prompt", f"must be a string or a non-empty list of chat messages, got {_describe(prompt)}.",
             "use a plain string, or [{'role': 'user', 'content': ...}].", dataset,
         )
     for k, msg in enumerate(prompt):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
             raise SSFTDataError(
-                row, f"prompt[{k}]", "each message must be a dict with 'role' and 'content'.",
+                row, f"prompt[{k}]", f"each message must be a dict with 'role' and 'content', got {_describe(msg)}.",
                 "write messages as {'role': 'user', 'content': '...'}.", dataset,
             )
+        if not isinstance(msg["role"], str) or not msg["role"].strip():
+            raise SSFTDataError(row, f"prompt[{k}].role", f"must be a non-empty string, got {_describe(msg['role'])}.",
+                                "use 'system', 'user' or 'assistant'.", dataset)
         if not isinstance(msg["content"], str):
-            raise SSFTDataError(row, f"prompt[{k}].content", "message content must be a string.", "", dataset)
+            raise SSFTDataError(row, f"prompt[{k}].content",
+                                f"message content must be a string, got {_describe(msg['content'])}.",
+                                "give the message text as a string.", dataset)
+    last = len(prompt) - 1
     if prompt[-1]["role"] != "user":
         raise SSFTDataError(
             row, "prompt", f"the last message has role {prompt[-1]['role']!r}; it must be a user turn.",
             "end the prompt with the user's question; the assistant's answers belong in 'traces'.", dataset,
         )
+    if not prompt[-1]["content"].strip():
+        raise SSFTDataError(row, f"prompt[{last}].content", "the user's question is empty.",
+                            "give each row a non-empty question.", dataset)
+
+
+def _describe(x: Any) -> str:
+    """Type and a short repr of a bad value, for error messages."""
+    r = repr(x)
+    return f"{type(x).__name__} {r[:60] + '...' if len(r) > 60 else r}"
 
 
 def validate_row(
@@ -95,10 +115,16 @@ def validate_row(
     max_traces_policy: str = "error",
     fork_names: Sequence[str] = (),
     dataset: str = "train",
+    assignment: str = "hungarian",
 ) -> None:
-    """Raise `SSFTDataError` naming `index` and the field if `row` is not a valid ssft row."""
+    """Raise `SSFTDataError` naming `index` and the field if `row` is not a valid ssft row.
+
+    M > N is an error only with ``max_traces_policy="error"`` and an assignment that uses tokens
+    (``assignment="none"``, SFT-mixed, has no forking token and accepts any M).
+    """
     if not isinstance(row, dict):
-        raise SSFTDataError(index, "<row>", f"a row must be a mapping, got {type(row).__name__}.", "", dataset)
+        raise SSFTDataError(index, "<row>", f"a row must be a mapping, got {_describe(row)}.",
+                            "give each row as {'prompt': ..., 'traces': [...]}.", dataset)
     if "prompt" not in row:
         raise SSFTDataError(index, "prompt", "missing.", "every row needs 'prompt' and 'traces'.", dataset)
     _check_prompt(row["prompt"], index, dataset)
@@ -107,17 +133,19 @@ def validate_row(
         raise SSFTDataError(index, "traces", "missing.", "every row needs a list of trace strings.", dataset)
     if isinstance(traces, str) or not isinstance(traces, (list, tuple)):
         raise SSFTDataError(
-            index, "traces", f"must be a list of strings, got {type(traces).__name__}.",
+            index, "traces", f"must be a list of strings, got {_describe(traces)}.",
             "wrap a single trace in a list: ['...'].", dataset,
         )
     if len(traces) == 0:
         raise SSFTDataError(index, "traces", "is empty.", "give at least one trace per row, or drop the row.", dataset)
     for j, t in enumerate(traces):
         if not isinstance(t, str):
-            raise SSFTDataError(index, f"traces[{j}]", f"must be a string, got {type(t).__name__}.", "", dataset)
+            raise SSFTDataError(index, f"traces[{j}]", f"must be a string, got {_describe(t)}.",
+                                "give every trace as text.", dataset)
         if not t.strip():
             raise SSFTDataError(index, f"traces[{j}]", "is empty.", "remove empty traces.", dataset)
-    if num_fork_tokens is not None and len(traces) > num_fork_tokens and max_traces_policy == "error":
+    if (num_fork_tokens is not None and len(traces) > num_fork_tokens and max_traces_policy == "error"
+            and assignment != "none"):
         raise SSFTDataError(
             index, "traces",
             f"has {len(traces)} traces but there are only {num_fork_tokens} forking tokens (M > N).",
@@ -126,7 +154,8 @@ def validate_row(
     sources = row.get("trace_sources")
     if sources is not None and (not isinstance(sources, (list, tuple)) or len(sources) != len(traces)):
         raise SSFTDataError(
-            index, "trace_sources", "must be a list with one label per trace.", "", dataset,
+            index, "trace_sources", f"must be a list with one label per trace ({len(traces)}), got {_describe(sources)}.",
+            "give one label per trace, or leave trace_sources out.", dataset,
         )
     texts = [("prompt", row["prompt"])] if isinstance(row["prompt"], str) else [
         (f"prompt[{k}].content", m["content"]) for k, m in enumerate(row["prompt"])
@@ -135,10 +164,52 @@ def validate_row(
     for name in fork_names:
         for field_name, text in texts:
             if name in text:
-                raise SSFTDataError(
-                    index, field_name, f"contains the forking-token text {name!r}.",
-                    "remove it from the data or choose another ssft_fork_token_template.", dataset,
-                )
+                raise SSFTDataError(index, field_name, f"contains the forking-token text {name!r}.", _FORK_FIX, dataset)
+
+
+def validate_tokenized_row(
+    row: Any,
+    index: int,
+    *,
+    vocab_size: int | None = None,
+    fork_ids: Sequence[int] = (),
+    fork_names: Sequence[str] = (),
+    num_fork_tokens: int | None = None,
+    max_traces_policy: str = "error",
+    assignment: str = "hungarian",
+    dataset: str = "train",
+) -> None:
+    """`validate_row` for an already tokenized row ``{"prompt_ids": [int], "trace_ids": [[int], ...]}``."""
+    if not isinstance(row, dict):
+        raise SSFTDataError(index, "<row>", f"a row must be a mapping, got {_describe(row)}.", "", dataset)
+
+    def ids(value, name: str, fix: str) -> None:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise SSFTDataError(index, name, f"must be a non-empty list of token ids, got {_describe(value)}.", fix,
+                                dataset)
+        for t in value:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise SSFTDataError(index, name, f"contains {_describe(t)}, not a token id.", fix, dataset)
+            if t < 0 or (vocab_size is not None and t >= vocab_size):
+                raise SSFTDataError(index, name, f"contains token id {t}, outside the vocabulary [0, {vocab_size}).",
+                                    "tokenize with this model's tokenizer.", dataset)
+            if t in fork_ids:
+                tok = fork_names[list(fork_ids).index(t)] if fork_names else t
+                raise SSFTDataError(index, name, f"contains the forking token {tok!r}.", _FORK_FIX, dataset)
+
+    ids(row.get("prompt_ids"), "prompt_ids", "give the tokenized prompt.")
+    traces = row.get("trace_ids")
+    if not isinstance(traces, (list, tuple)) or not traces:
+        raise SSFTDataError(index, "trace_ids", f"must be a non-empty list of token-id lists, got {_describe(traces)}.",
+                            "give at least one tokenized trace per row.", dataset)
+    for j, t in enumerate(traces):
+        ids(t, f"trace_ids[{j}]", "remove empty or malformed traces.")
+    if (num_fork_tokens is not None and len(traces) > num_fork_tokens and max_traces_policy == "error"
+            and assignment != "none"):
+        raise SSFTDataError(
+            index, "trace_ids", f"has {len(traces)} traces but there are only {num_fork_tokens} forking tokens (M > N).",
+            "raise ssft_num_fork_tokens, remove traces, or set ssft_max_traces_policy: subsample.", dataset,
+        )
 
 
 def render_prompt(tokenizer, prompt: str | list[dict], index: int = 0, dataset: str = "train") -> str:
@@ -171,6 +242,49 @@ def end_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def apply_trace_policies(
+    index: int,
+    prompt_ids: list[int],
+    trace_ids: list[list[int]],
+    *,
+    max_length: int | None,
+    duplicate_policy: str,
+    long_policy: str,
+    report: DataReport,
+    dataset: str = "train",
+) -> list[list[int]]:
+    """Duplicate and length policies on one tokenized row; returns the traces kept (possibly none).
+
+    A trace (with its end token) longer than ``max_length - len(prompt) - 1`` (one slot is kept for the
+    forking token, in every assignment mode, so all modes see identical data) is truncated or dropped.
+    Raises `SSFTDataError` when the prompt leaves no room for any trace token.
+    """
+    room = None if max_length is None else max_length - len(prompt_ids) - 1
+    if room is not None and room < 1:
+        raise SSFTDataError(
+            index, "prompt", f"is {len(prompt_ids)} tokens long, leaving no room for a trace within "
+            f"max_length={max_length} (prompt + forking token + at least one trace token).",
+            "shorten the prompt or raise max_length (Axolotl: sequence_len).", dataset,
+        )
+    seen, out = set(), []
+    for ids in trace_ids:
+        key = tuple(ids)
+        if key in seen:
+            report.duplicates += 1
+            if duplicate_policy == "drop":
+                report.dropped_duplicates += 1
+                continue
+        seen.add(key)
+        if room is not None and len(ids) > room:
+            if long_policy == "drop":
+                report.dropped_long += 1
+                continue
+            ids = list(ids[:room])
+            report.truncated += 1
+        out.append(list(ids))
+    return out
+
+
 def tokenize_rows(
     rows: Sequence[dict],
     tokenizer,
@@ -181,40 +295,25 @@ def tokenize_rows(
     dataset: str = "train",
     report: DataReport | None = None,
 ) -> list[dict]:
-    """Tokenize validated rows into ``{"prompt_ids", "trace_ids"}``.
+    """Validate (`validate_row`, without N) and tokenize rows into ``{"prompt_ids", "trace_ids"}``.
 
-    Every trace gets the EOS token appended. One slot is reserved for the forking token, in every
-    assignment mode, so that all modes see identical data. A trace longer than
-    ``max_length - len(prompt) - 1`` is truncated or dropped (``long_policy``).
+    Every trace gets the EOS token appended; then `apply_trace_policies` (duplicates, too-long traces).
+    A row left with no trace is dropped and counted. Raises `SSFTDataError` naming the row and field.
     """
     report = report if report is not None else DataReport(dataset=dataset)
     eos = end_token_id(tokenizer)
     out = []
     for i, row in enumerate(rows):
-        prompt_ids = encode_prompt(tokenizer, row["prompt"], i, dataset)
-        room = None if max_length is None else max_length - len(prompt_ids) - 1
-        if room is not None and room < 1:
-            raise SSFTDataError(
-                i, "prompt", f"is {len(prompt_ids)} tokens long, leaving no room for a trace within "
-                f"max_length={max_length}.", "shorten the prompt or raise max_length (Axolotl: sequence_len).",
-                dataset,
-            )
-        seen, traces = set(), []
-        for t in row["traces"]:
-            if t in seen:
-                report.duplicates += 1
-                if duplicate_policy == "drop":
-                    report.dropped_duplicates += 1
-                    continue
-            seen.add(t)
-            ids = tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
-            if room is not None and len(ids) > room:
-                if long_policy == "drop":
-                    report.dropped_long += 1
-                    continue
-                ids = ids[:room]
-                report.truncated += 1
-            traces.append(ids)
+        validate_row(row, i, dataset=dataset)
+        prompt_ids = list(encode_prompt(tokenizer, row["prompt"], i, dataset))
+        if not prompt_ids:
+            raise SSFTDataError(i, "prompt", "renders to no tokens.", "check the prompt and the chat template.",
+                                dataset)
+        trace_ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) + [eos] for t in row["traces"]]
+        traces = apply_trace_policies(
+            i, prompt_ids, trace_ids, max_length=max_length, duplicate_policy=duplicate_policy,
+            long_policy=long_policy, report=report, dataset=dataset,
+        )
         if not traces:
             report.dropped_rows += 1
             continue
@@ -230,40 +329,81 @@ def tokenize_rows(
     return out
 
 
-def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: str = "train"):
-    """Validate every row of an ssft `datasets.Dataset`, then tokenize it (columns: `TOKENIZED_COLUMNS`).
+def _fork_pairs(tokenizer, names: Sequence[str]) -> tuple[list[int], list[str]]:
+    """(ids, names) of the forking tokens already in `tokenizer` (names it does not know are skipped)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    known = [n for n in names if n in vocab and vocab[n] != unk]
+    return [vocab[n] for n in known], known
 
-    Raises `SSFTDataError` on the first bad row, before any training. Prints the `DataReport` summary.
-    An already tokenized dataset (with `prompt_ids`/`trace_ids`) is returned unchanged.
+
+def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: str = "train"):
+    """Validate every row of an ssft dataset, then tokenize it (columns: `TOKENIZED_COLUMNS`).
+
+    Raises `SSFTDataError` (naming dataset, row and field) on the first bad row, before any training,
+    and prints the `DataReport` summary. An already tokenized dataset (with `prompt_ids`/`trace_ids`)
+    is validated the same way (ids, M > N, forking tokens, length and duplicate policies).
     """
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
 
     from .config import fork_token_names
 
-    columns = dataset.column_names
-    if all(c in columns for c in TOKENIZED_COLUMNS):
-        return dataset
-    if "prompt" not in columns or "traces" not in columns:
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "column_names") and not isinstance(dataset, list):
         raise SSFTDataError(
-            None, "prompt/traces", f"the dataset has columns {columns}, not the ssft format.",
-            "give one row per question with 'prompt' and 'traces' (see trl_ssft.data.columns_to_ssft to convert "
-            "one-column-per-teacher layouts).", name,
+            None, "<dataset>", f"got a {type(dataset).__name__}; SSFT needs a map-style datasets.Dataset "
+            "(streaming is not supported: every row is validated before training).",
+            "load the data without streaming=True, or pass Dataset.from_list(rows).", name,
         )
-    rows = dataset.to_list()
+    rows = list(dataset) if isinstance(dataset, list) else None
+    columns = dataset.column_names if rows is None else sorted({k for r in rows if isinstance(r, dict) for k in r})
+    if rows is None:
+        rows = dataset.to_list()
     fork_names = fork_token_names(cfg)
-    for i, row in enumerate(rows):
-        validate_row(
-            row, i, num_fork_tokens=cfg.ssft_num_fork_tokens, max_traces_policy=cfg.ssft_max_traces_policy,
-            fork_names=fork_names, dataset=name,
-        )
+    n_tokens = cfg.ssft_num_fork_tokens
+    policy, assignment = cfg.ssft_max_traces_policy, cfg.ssft_assignment
     report = DataReport(dataset=name)
-    tokenized = tokenize_rows(
-        rows, tokenizer, max_length=max_length, duplicate_policy=cfg.ssft_duplicate_traces,
-        long_policy=cfg.ssft_long_traces, dataset=name, report=report,
-    )
+    if all(c in columns for c in TOKENIZED_COLUMNS):
+        fork_ids, known = _fork_pairs(tokenizer, fork_names)
+        tokenized = []
+        for i, row in enumerate(rows):
+            validate_tokenized_row(
+                row, i, vocab_size=len(tokenizer), fork_ids=fork_ids, fork_names=known, num_fork_tokens=n_tokens,
+                max_traces_policy=policy, assignment=assignment, dataset=name,
+            )
+            traces = apply_trace_policies(
+                i, list(row["prompt_ids"]), [list(t) for t in row["trace_ids"]], max_length=max_length,
+                duplicate_policy=cfg.ssft_duplicate_traces, long_policy=cfg.ssft_long_traces, report=report,
+                dataset=name,
+            )
+            if not traces:
+                report.dropped_rows += 1
+                continue
+            report.rows += 1
+            report.traces += len(traces)
+            report.traces_per_row[len(traces)] += 1
+            tokenized.append({"prompt_ids": list(row["prompt_ids"]), "trace_ids": traces})
+    else:
+        if "prompt" not in columns or "traces" not in columns:
+            raise SSFTDataError(
+                None, "prompt/traces", f"the dataset has columns {columns}, not the ssft format.",
+                "give one row per question with 'prompt' and 'traces' (see trl_ssft.data.columns_to_ssft to "
+                "convert one-column-per-teacher layouts).", name,
+            )
+        for i, row in enumerate(rows):
+            validate_row(
+                row, i, num_fork_tokens=n_tokens, max_traces_policy=policy, fork_names=fork_names, dataset=name,
+                assignment=assignment,
+            )
+        tokenized = tokenize_rows(
+            rows, tokenizer, max_length=max_length, duplicate_policy=cfg.ssft_duplicate_traces,
+            long_policy=cfg.ssft_long_traces, dataset=name, report=report,
+        )
+    if assignment != "none":
+        report.subsampled_rows = sum(len(r["trace_ids"]) > n_tokens for r in tokenized)
     print(report.summary(), flush=True)
     if not tokenized:
-        raise SSFTDataError(None, "traces", "no usable row is left after filtering.", "", name)
+        raise SSFTDataError(None, "traces", "no usable row is left after filtering.",
+                            "check ssft_long_traces / ssft_duplicate_traces and max_length.", name)
     return Dataset.from_list(tokenized)
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import zlib
 from collections import defaultdict
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "ssft_state.json"
 IGNORE_INDEX = -100
+#: A checkpoint is written under ``<run_dir>/.ssft-incomplete-checkpoint-N/checkpoint-N`` and renamed to
+#: ``<run_dir>/checkpoint-N`` only once every process has finished writing it (see `_save_checkpoint`).
+STAGING_PREFIX = ".ssft-incomplete-"
 
 
 def _question_key(prompt: list[int]) -> int:
@@ -87,7 +91,13 @@ class SSFTLossMixin:
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if batches and "ssft_num_loss_tokens" in batches[0]:
-            count = sum(int(b["ssft_num_loss_tokens"].sum()) for b in batches)
+            count = 0
+            for b in batches:
+                if self._ssft_needs_selection(b):  # M > N somewhere: count the traces this step trains on
+                    prompts, traces = self._unpack(b)
+                    count += self._ssft_loss_tokens(self.ssft_select_traces(prompts, traces))
+                else:
+                    count += int(b["ssft_num_loss_tokens"].sum())
             num_items = torch.tensor(count, dtype=torch.long, device=device)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 num_items = _all_reduce_sum(num_items)
@@ -103,6 +113,43 @@ class SSFTLossMixin:
         prompts = [p[:n] for p, n in zip(p_ids, p_len)]
         traces = [[t[:n] for t, n in zip(ts, ns) if n > 0] for ts, ns in zip(t_ids, t_len)]
         return prompts, traces
+
+    # ---------------------------------------------------------------- M > N: traces of this step
+    def _ssft_step(self) -> int:
+        return int(self.state.global_step) if getattr(self, "state", None) is not None else 0
+
+    def _ssft_needs_selection(self, inputs) -> bool:
+        if self.ssft_args is None or self.ssft_args.ssft_assignment == "none":
+            return False
+        return int((inputs["ssft_trace_len"] > 0).sum(-1).max()) > len(self.fork_token_ids)
+
+    def ssft_select_traces(self, prompts, traces) -> list:
+        """The traces trained this step: all of them, or N drawn for a question with M > N (``subsample``).
+
+        The draw depends only on the seed, the global step and the question, so it is the same on every
+        process, in the GA token count and in the loss, and after a resume from a checkpoint.
+        """
+        n = len(self.fork_token_ids)
+        if self.ssft_args.ssft_assignment == "none" or all(len(ts) <= n for ts in traces):
+            return traces
+        if self.ssft_args.ssft_max_traces_policy != "subsample":
+            m = max(len(ts) for ts in traces)
+            raise ValueError(
+                f"a question has {m} traces but there are only {n} forking tokens; "
+                "set ssft_max_traces_policy: subsample or raise ssft_num_fork_tokens"
+            )
+        step, out = self._ssft_step(), []
+        for p, ts in zip(prompts, traces):
+            if len(ts) > n:
+                rng = np.random.default_rng([self._ssft_seed(), step, _question_key(p), 1])
+                ts = [ts[j] for j in np.sort(rng.choice(len(ts), n, replace=False))]
+            out.append(ts)
+        return out
+
+    def _ssft_loss_tokens(self, traces) -> int:
+        """Tokens that carry loss: trace tokens (+ one per trace for the forking token when it is trained)."""
+        extra = 1 if (self.ssft_args.ssft_fork_token_loss and self.ssft_args.ssft_assignment != "none") else 0
+        return sum(len(t) + extra for ts in traces for t in ts)
 
     # ---------------------------------------------------------------- step 1: cost matrices
     def ssft_cost_matrices(self, prompts, traces) -> list[np.ndarray]:
@@ -145,6 +192,15 @@ class SSFTLossMixin:
                 stats["nonfinite_costs"].append(n_bad)
             a = assign(cost, mode, n, len(ts), rng)
             out.append(a)
+            if cost is not None and n_bad:
+                bad_matched = int((~np.isfinite(np.asarray(costs[b], dtype=np.float64)))[a, np.arange(len(ts))].sum())
+                stats["nonfinite_matched"].append(bad_matched)
+                if bad_matched:
+                    logger.warning(
+                        "SSFT step %d: %d trace(s) have a non-finite matching cost under every free forking token; "
+                        "they are trained with the token chosen by the rule 'non-finite = worse than any finite "
+                        "cost' (check the model and data for inf/NaN)", step, bad_matched,
+                    )
             if cost is not None:
                 m = len(ts)
                 matched = cost[a, np.arange(m)]
@@ -189,6 +245,7 @@ class SSFTLossMixin:
         split = "train" if model.training else "eval"
         mode = self.ssft_args.ssft_assignment
         prompts, traces = self._unpack(inputs)
+        traces = self.ssft_select_traces(prompts, traces)
         assignments, stats = self.ssft_assignments(prompts, traces, mode)
 
         counts = np.zeros(len(self.fork_token_ids), dtype=np.int64)
@@ -205,7 +262,7 @@ class SSFTLossMixin:
 
         ids, mask, labels = self.ssft_build_rows(prompts, traces, assignments)
         device = inputs["ssft_prompt_ids"].device
-        local_tokens = int(inputs["ssft_num_loss_tokens"].sum())
+        local_tokens = self._ssft_loss_tokens(traces)
         denom = num_items_in_batch if num_items_in_batch is not None else local_tokens
         outputs = model(
             input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device),
@@ -226,7 +283,9 @@ class SSFTLossMixin:
         return loss.detach(), None, None
 
     # ---------------------------------------------------------------- logging
-    _METRIC_KEYS = ("matched_cost", "unmatched_cost", "margin", "nonfinite_costs", "match_seconds")
+    _METRIC_KEYS = ("matched_cost", "unmatched_cost", "margin", "nonfinite_costs", "nonfinite_matched",
+                    "match_seconds")
+    _SUMMED_KEYS = ("nonfinite_costs", "nonfinite_matched")  # counts: summed, not averaged
 
     def ssft_metrics(self, split: str) -> dict[str, float]:
         """Mean of each statistic since the last log, summed over processes; clears the buffer."""
@@ -243,7 +302,7 @@ class SSFTLossMixin:
         for i, k in enumerate(self._METRIC_KEYS):
             s, c = float(t[2 * i]), float(t[2 * i + 1])
             if c > 0:
-                out[f"ssft/{k}"] = s / c if k != "nonfinite_costs" else s
+                out[f"ssft/{k}"] = s if k in self._SUMMED_KEYS else s / c
         usage = t[2 * len(self._METRIC_KEYS):].numpy()
         if usage.sum() > 0:
             frac = usage / usage.sum()
@@ -302,7 +361,99 @@ class SSFTLossMixin:
             )
         self.ssft_match_counts = np.asarray(state["match_counts"], dtype=np.int64)
 
+    # ---------------------------------------------------------------- atomic checkpoints
+    def _ssft_barrier(self) -> None:
+        acc = getattr(self, "accelerator", None)
+        if acc is not None and acc.num_processes > 1:
+            acc.wait_for_everyone()
+
+    def _save_checkpoint(self, model, trial, **kwargs):
+        """Write ``checkpoint-N`` so that it appears only complete.
+
+        transformers writes a checkpoint file by file into ``<run_dir>/checkpoint-N`` (weights, then
+        optimizer, scheduler, RNG, trainer state): a run killed in between leaves a directory that
+        `get_last_checkpoint` would pick and a resume would fail on (or silently use a half state).
+        Here every process writes into ``<run_dir>/.ssft-incomplete-checkpoint-N/checkpoint-N``; after
+        all processes are done, the saving process renames it to ``<run_dir>/checkpoint-N`` (one atomic
+        rename on the same filesystem) and only then rotates old checkpoints (`save_total_limit`).
+        """
+        if self.ssft_args is None:
+            return super()._save_checkpoint(model, trial, **kwargs)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        step = int(self.state.global_step)
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        final = os.path.join(run_dir, name)
+        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        staging = os.path.join(staging_root, name)
+        local_main = getattr(self.args, "local_process_index", 0) == 0
+        if local_main and os.path.isdir(staging_root):
+            shutil.rmtree(staging_root, ignore_errors=True)  # left by a save that was killed
+        self._ssft_barrier()
+        self._get_output_dir = lambda trial=None: staging_root  # noqa: E731  (read by every _save_checkpoint)
+        try:
+            result = super()._save_checkpoint(model, trial, **kwargs)
+        finally:
+            del self._get_output_dir
+        # the parent looked for the best checkpoint inside the staging directory: point it at run_dir
+        best = getattr(self.state, "best_global_step", None)
+        if best:
+            best_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best}")
+            if best == step or os.path.isdir(best_dir):
+                self.state.best_model_checkpoint = best_dir
+        elif self.state.best_model_checkpoint and staging_root in str(self.state.best_model_checkpoint):
+            self.state.best_model_checkpoint = str(self.state.best_model_checkpoint).replace(staging_root, run_dir)
+        if self.args.should_save and os.path.isdir(staging):
+            from transformers.trainer import TRAINER_STATE_NAME
+
+            if os.path.exists(os.path.join(staging, TRAINER_STATE_NAME)):
+                self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        self._ssft_barrier()  # every process has written its files (weights/optimizer shards, RNG state)
+        if self.args.should_save:
+            _publish(staging, final, staging_root)
+        self._ssft_barrier()
+        if local_main and not self.args.should_save and os.path.isdir(staging):
+            _publish(staging, final, staging_root)  # a node without a shared filesystem
+        if self.args.should_save:
+            _rotate(self, run_dir)
+        self._ssft_barrier()
+        return result
+
+    def _ssft_remove_incomplete_checkpoints(self) -> None:
+        out = self.args.output_dir
+        if not (self.args.should_save and out and os.path.isdir(out)):
+            return
+        for d in os.listdir(out):
+            if d.startswith(STAGING_PREFIX) and os.path.isdir(os.path.join(out, d)):
+                logger.warning("removing %s: an incomplete checkpoint left by an interrupted save", d)
+                shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+
+    # ---------------------------------------------------------------- configurations that cannot work
+    def ssft_check_parallelism(self) -> None:
+        """Refuse parallel layouts that break "one question per row" (raise `ValueError`).
+
+        Data parallelism (DDP, FSDP, DeepSpeed ZeRO-1/2/3) and tensor parallelism work: the matching pass
+        makes the same number of forward calls on every process. Context / sequence parallelism split one
+        row across processes, so a scoring row and its cost are no longer whole on any process.
+        """
+        for pc in (getattr(getattr(self, "accelerator", None), "parallelism_config", None),
+                   getattr(self.args, "parallelism_config", None)):
+            if pc is None:
+                continue
+            for attr in ("cp_size", "sp_size"):
+                size = getattr(pc, attr, None)
+                if size is not None and size > 1:
+                    raise ValueError(
+                        f"SSFT does not support context/sequence parallelism ({attr}={size}): every process must "
+                        "hold whole questions (prompt + all traces) to score and match them. Use data parallelism "
+                        "(DDP/FSDP/ZeRO) with a smaller ssft_match_max_tokens instead."
+                    )
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self.ssft_args is not None:
+            self.ssft_check_parallelism()
+            self._ssft_remove_incomplete_checkpoints()
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False and self.ssft_args:
             path = resume_from_checkpoint
             if isinstance(path, bool):
@@ -312,3 +463,31 @@ class SSFTLossMixin:
             if path:
                 self.ssft_load_state(path)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+def _publish(staging: str, final: str, staging_root: str) -> None:
+    """Rename a finished checkpoint into place (replacing an older one of the same step) and tidy up."""
+    if os.path.isdir(final):  # e.g. a rerun saving the same step: swap, never mix files of two saves
+        old = os.path.join(staging_root, "replaced")
+        os.rename(final, old)
+    os.rename(staging, final)
+    try:  # make the rename durable before anything relies on it
+        fd = os.open(os.path.dirname(final) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    shutil.rmtree(staging_root, ignore_errors=True)
+
+
+def _rotate(trainer, run_dir: str) -> None:
+    """Delete old checkpoints beyond `save_total_limit` (the parent only saw the staging directory)."""
+    try:
+        from transformers.trainer_utils import rotate_checkpoints
+    except ImportError:  # older transformers: a Trainer method
+        trainer._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+        return
+    rotate_checkpoints(output_dir=run_dir, save_total_limit=trainer.args.save_total_limit,
+                       best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=True)
