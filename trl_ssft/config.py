@@ -63,6 +63,22 @@ class SSFTFields:
             "length). The N x M scoring rows of a micro-batch are split into chunks within this budget."
         },
     )
+    ssft_match_max_memory_mb: int | None = field(
+        default=None,
+        metadata={
+            "help": "Optional memory budget of one matching forward call, in MiB, by a model-aware estimate of "
+            "activations, key/value cache and logits (`trl_ssft.scoring.estimate_bytes`). Applied on top of "
+            "`ssft_match_max_tokens`. Exact: it only changes how the scoring rows are split into chunks."
+        },
+    )
+    ssft_match_share_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each question's prompt once in the matching pass and share it across its N x M "
+            "(forking token, trace) rows through the key/value cache. Exact; used only for models whose layers "
+            "are all full attention (others fall back to the uncached pass). Turn off to compare or debug."
+        },
+    )
     ssft_fork_init_noise: float = field(
         default=0.1,
         metadata={
@@ -140,6 +156,9 @@ def validate_ssft_fields(cfg) -> None:
         raise ValueError(f"ssft_long_traces must be one of {LONG_TRACE_POLICIES}, got {cfg.ssft_long_traces!r}")
     if cfg.ssft_match_max_tokens < 1:
         raise ValueError(f"ssft_match_max_tokens must be >= 1, got {cfg.ssft_match_max_tokens!r}")
+    mem = getattr(cfg, "ssft_match_max_memory_mb", None)
+    if mem is not None and mem < 1:
+        raise ValueError(f"ssft_match_max_memory_mb must be >= 1 or None, got {mem!r}")
     if cfg.ssft_fork_init_noise < 0:
         raise ValueError(f"ssft_fork_init_noise must be >= 0, got {cfg.ssft_fork_init_noise!r}")
 
