@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--fork-init-noise", type=float, default=0.1,
+                   help="ssft_fork_init_noise: std (in units of the vocabulary's std) of the new token rows' noise")
     p.add_argument("--rounds", type=int, default=2, help="sampled rounds per (question, token)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default="hungarian,random,none", help="which to train, in this order")
@@ -67,7 +69,8 @@ def train(method: str, base_dir: str, rows: list[dict], a) -> dict:
     out = os.path.join(a.work_dir, method)
     cfg = SSFTConfig(
         output_dir=out, bf16=False, use_cpu=True, report_to=[], seed=a.seed, ssft_assignment=method,
-        ssft_num_fork_tokens=a.num_tokens, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
+        ssft_num_fork_tokens=a.num_tokens, ssft_fork_init_noise=a.fork_init_noise, max_steps=a.steps,
+        per_device_train_batch_size=a.batch_size,
         learning_rate=a.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=50, weight_decay=0.0,
         save_strategy="no", logging_steps=max(1, a.steps // 10), disable_tqdm=True, dataloader_num_workers=0,
     )
@@ -101,6 +104,12 @@ def evaluate(method: str, model_dir: str, rows: list[dict], a) -> dict:
 
 
 # ---------------------------------------------------------------- report
+def unrecognised(rep: dict) -> float:
+    """Share of samples whose mode was not recognised (`other`)."""
+    total = rep["num_questions"] * rep["rounds"] * len(rep["tokens"])
+    return sum(rep["modes"]["table"][t]["other"] for t in rep["tokens"]) / total
+
+
 def summary_rows(results: dict) -> list[list[str]]:
     rows = []
     for method, per in results.items():
@@ -112,7 +121,7 @@ def summary_rows(results: dict) -> list[list[str]]:
                 f"{100 * m['mean_consistency']:.0f}", f"{100 * min(cons):.0f}",
                 f"{100 * rep['pass1']:.1f}", f"{100 * rep['cons_at_n']:.1f}",
                 f"{rep['distinct_answers_per_question']:.2f}",
-                f"{100 * sum(rep['modes']['table'][t]['other'] for t in rep['tokens']) / (rep['num_questions'] * rep['rounds'] * len(rep['tokens'])):.0f}",
+                f"{100 * unrecognised(rep):.0f}",
             ])
     return rows
 
@@ -167,13 +176,19 @@ def paper_comparison(results: dict, a) -> list[str]:
     h, r, n = (results.get(m, {}).get("T=1.0") for m in ("hungarian", "random", "none"))
     if h and r:
         hm, rm = h["modes"], r["modes"]
+        cons = hm["token_consistency"]
+        held = [t for t, v in cons.items() if v >= 0.8]
         agree = hm["mean_consistency"] > rm["mean_consistency"] + 0.2
         out.append(
             f"- Paper: SSFT's tokens start distinct reasoning modes, random tags' tokens behave alike. Here (T=1.0): "
             f"SSFT tokens keep to their mode on {100 * hm['mean_consistency']:.0f}% of samples on average "
             f"({hm['distinct_modes_per_question']:.2f} modes/question), random tags' on "
             f"{100 * rm['mean_consistency']:.0f}% ({rm['distinct_modes_per_question']:.2f} modes/question): "
-            + ("**agrees**." if agree else "**differs** (no clear separation at this budget)."))
+            + ("same direction" if agree else "**differs** (no clear separation at this budget)")
+            + f"; {len(held)} of {len(cons)} SSFT tokens keep to one mode on >= 80% of samples"
+            + ("." if len(held) == len(cons) else
+               f" (**differs** from the paper's picture of every token a distinct mode: "
+               f"{', '.join(t for t in cons if t not in held)} share or mix modes)."))
     h7, n7 = results.get("hungarian", {}).get("T=0.7"), results.get("none", {}).get("T=0.7")
     if h7 and n7:
         better = h7["pass1"] > n7["pass1"]
@@ -182,7 +197,9 @@ def paper_comparison(results: dict, a) -> list[str]:
             f"higher. Here (T=0.7): Pass@1 {100 * h7['pass1']:.1f}% vs {100 * n7['pass1']:.1f}%, Cons@{a.num_tokens} "
             f"{100 * h7['cons_at_n']:.1f}% vs {100 * n7['cons_at_n']:.1f}%: "
             + ("same direction for Pass@1. " if better else "**differs** for Pass@1. ")
-            + "On this toy task all four modes are equally correct and accuracy is limited by the tiny model's "
+            + "When the N answers all differ, the vote's tie rule takes token 1's answer, so Cons@N equals token "
+            "1's accuracy. On this toy task all four modes are equally correct and accuracy is limited by the tiny "
+            "model's "
             "arithmetic, so accuracy differences say little about the method; the mode columns are the point.")
     out.append(f"- Scale: the paper trains a 32B model on 1k questions x 4 teacher traces with N = 6 tokens; this run "
                f"trains a {a.hidden_size}-wide, {a.layers}-layer model from scratch with N = {a.num_tokens}, M = 4, on "
@@ -250,8 +267,9 @@ def write_docs(results, training, a, wall, command, path_md, path_png):
         f"- Model: tiny Qwen2 (`trl_ssft.tiny`, hidden {a.hidden_size}, {a.layers} layers, random init, local BPE "
         "tokenizer), the same initial weights for every method.",
         f"- Training (identical budget per method): {a.steps} steps x {a.batch_size} questions x 4 traces, AdamW "
-        f"lr {a.lr} (constant after 50 warm-up steps), N = {a.num_tokens} forking tokens, `SSFTTrainer` with "
-        "`ssft_assignment` = none / random / hungarian, all other options at their defaults.",
+        f"lr {a.lr} (constant after 50 warm-up steps), N = {a.num_tokens} forking tokens initialised with "
+        f"`ssft_fork_init_noise` = {a.fork_init_noise}, `SSFTTrainer` with `ssft_assignment` = none / random / "
+        "hungarian, all other options at their defaults.",
         f"- Evaluation: one sample per token (SFT-mixed: {a.num_tokens} samples of the bare prompt) and round "
         f"({a.rounds} rounds when sampling, 1 greedy), max 64 new tokens; the mode of a sample is "
         "`trl_ssft.synthetic.classify_mode` (its first step; a sample whose first step uses wrong operands is "

@@ -448,8 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "data has trace_sources)")
     p.add_argument("--self-choose", choices=["argmax", "sample"], default=None,
                    help="also let the model pick its own forking token per question (needs ssft_fork_token_loss)")
-    p.add_argument("--cons-k", type=_int_list, default=[], help="comma-separated k for Cons@k over the N x R samples of a question, e.g. 8,16 (k > N x R is skipped)")
-    p.add_argument("--pass-k", type=_int_list, default=[1], help="comma-separated k for unbiased Pass@k (k > N x R: the value at k = N x R)")
+    p.add_argument("--cons-k", type=_int_list, default=[],
+                   help="comma-separated k for Cons@k over the N x R samples of a question, e.g. 8,16 "
+                   "(k > N x R is skipped)")
+    p.add_argument("--pass-k", type=_int_list, default=[1],
+                   help="comma-separated k for unbiased Pass@k (k > N x R: the value at k = N x R)")
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--answer-column", default="answer")
     p.add_argument("--chat", choices=["auto", "always", "never"], default="auto",
