@@ -122,3 +122,14 @@ def test_every_mode_normalises_identically(tiny_models, tmp_path):
         counts[mode] = int(labels.ne(-100).sum())
         assert counts[mode] == int(batch["ssft_num_loss_tokens"].sum())
     assert len(set(counts.values())) == 1
+
+
+def test_match_options_keep_the_costs(tiny_models, tmp_path):
+    """ssft_match_share_prompt off and a small ssft_match_max_memory_mb give the same cost matrices."""
+    ref = _trainer(tiny_models["untied"], tmp_path / "a", 4, 4)
+    alt = _trainer(tiny_models["untied"], tmp_path / "b", 4, 4, ssft_match_share_prompt=False,
+                   ssft_match_max_memory_mb=1)
+    batch = _batch(ref, 3)
+    prompts, traces = ref._unpack(batch)
+    for a, b in zip(ref.ssft_cost_matrices(prompts, traces), alt.ssft_cost_matrices(prompts, traces)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

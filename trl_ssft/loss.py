@@ -163,9 +163,15 @@ class SSFTLossMixin:
                     conts.append(t if t_max is None else t[:t_max])
                     where.append((b, i, j))
         model = self.model  # unwrapped: no DDP hooks, no grad
+        options = {}  # only non-defaults, so `scoring.scoring_options(...)` still applies otherwise
+        mem_mb = getattr(self.ssft_args, "ssft_match_max_memory_mb", None)
+        if mem_mb is not None:
+            options["max_bytes"] = int(mem_mb) * 2**20
+        if not getattr(self.ssft_args, "ssft_match_share_prompt", True):
+            options["share_prefix"] = False
         flat = score_continuations(
             model, prefixes, conts, max_tokens=self.ssft_args.ssft_match_max_tokens,
-            pad_token_id=self.ssft_pad_token_id, device=self.args.device,
+            pad_token_id=self.ssft_pad_token_id, device=self.args.device, **options,
         ).numpy()
         costs = [np.zeros((len(self.fork_token_ids), len(ts))) for ts in traces]
         for (b, i, j), c in zip(where, flat):
