@@ -58,3 +58,20 @@ def test_cli_usage(argv, code):
     from trl_ssft.cli import main
 
     assert main(argv) == code
+
+
+def test_cli_names_the_row_when_a_column_mixes_types(tmp_path):
+    from trl_ssft.demo_assets import build_demo_assets, write_jsonl
+    from trl_ssft.synthetic import make_rows
+
+    assets = build_demo_assets(str(tmp_path / "assets"), num_train=8, num_eval=2)
+    rows = make_rows(4, seed=5)
+    rows[2]["traces"] = "a single string, not a list"
+    bad = tmp_path / "mixed.jsonl"
+    write_jsonl(str(bad), rows)
+    exe = os.path.join(os.path.dirname(sys.executable), "trl-ssft")
+    cmd = [exe, "train", "--config", os.path.join(REPO, "examples/yaml/trl_tiny_cpu.yaml"),
+           "--model_name_or_path", assets["model"], "--dataset_name", str(bad), "--output_dir", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode != 0
+    assert "row 2, field 'traces'" in proc.stderr and "must be a list" in proc.stderr

@@ -15,12 +15,37 @@ import os
 import sys
 
 
+def _read_json_rows(path: str) -> list:
+    import json
+
+    with open(path) as f:
+        if path.lower().endswith(".jsonl"):
+            rows = []
+            for k, line in enumerate(f):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}, line {k + 1}: not valid JSON ({e})") from e
+            return rows
+        data = json.load(f)
+    if isinstance(data, dict) and "data" in data:
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of rows (or {{'data': [...]}})")
+    return data
+
+
 def load_ssft_dataset(name: str, config: str | None = None, streaming: bool = False):
-    """Load a `DatasetDict` from a local JSON/JSONL/Parquet file or folder, or a hub-style name."""
+    """Splits of a local JSON/JSONL (rows as dicts) or Parquet file or folder, or a hub-style dataset name."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     if streaming:
         raise ValueError("SSFT needs one question per row with all its traces: streaming datasets are not supported")
+    if os.path.isfile(name) and name.lower().endswith((".json", ".jsonl")):
+        # Read JSON rows ourselves: Arrow would fail on a column of mixed types (e.g. `traces` a string in one
+        # row, a list in another) with an error that names no row; the trainer validates each row instead.
+        return {"train": _read_json_rows(name)}
     if os.path.isfile(name):
         ext = name.rsplit(".", 1)[-1].lower()
         builder = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}.get(ext)

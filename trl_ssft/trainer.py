@@ -44,8 +44,8 @@ class SSFTTrainer(SSFTLossMixin, SFTTrainer):
             `PreTrainedModel`. Not a `PeftModel`: pass `peft_config` instead, so the forking tokens are
             added before the adapter is built.
         args: `SSFTConfig`.
-        train_dataset / eval_dataset: datasets in the ssft format (`prompt`, `traces`), or already
-            tokenized ones (`prompt_ids`, `trace_ids`).
+        train_dataset / eval_dataset: datasets (or lists of row dicts) in the ssft format (`prompt`,
+            `traces`), or already tokenized ones (`prompt_ids`, `trace_ids`).
         processing_class: the tokenizer (loaded from `model` when omitted). The forking tokens are
             added to it; it is saved with every checkpoint.
         peft_config: e.g. a `LoraConfig`; the forking-token rows are added to its
@@ -87,12 +87,27 @@ class SSFTTrainer(SSFTLossMixin, SFTTrainer):
                 fork_token_loss=args.ssft_fork_token_loss, max_traces_policy=args.ssft_max_traces_policy,
                 seed=args.seed if args.ssft_seed is None else args.ssft_seed,
             )
+        # Lists of row dicts (e.g. JSON read without Arrow) are validated and tokenized here: SFTTrainer
+        # accepts only `datasets` objects, and Arrow cannot hold a column of mixed types.
+        self._ssft_prepared = []
+        if isinstance(train_dataset, list):
+            train_dataset = self._prepare_list(train_dataset, processing_class, args, "train")
+        if isinstance(eval_dataset, list):
+            eval_dataset = self._prepare_list(eval_dataset, processing_class, args, "eval")
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)
         self.setup_ssft(args, ids, names, pad_id)
 
+    def _prepare_list(self, rows, processing_class, args, name):
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        dataset = prepare_ssft_dataset(rows, tokenizer, args, args.max_length, name)
+        self._ssft_prepared.append(dataset)
+        return dataset
+
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        if any(dataset is d for d in getattr(self, "_ssft_prepared", [])):
+            return dataset
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         return prepare_ssft_dataset(dataset, tokenizer, args, args.max_length, dataset_name)
 
