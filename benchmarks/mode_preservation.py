@@ -224,11 +224,13 @@ def paper_comparison(results: dict, a) -> list[str]:
             f"- Paper: SSFT Pass@1 (one token) beats SFT-mixed (e.g. AIME24 64.06 vs 58.23) and its Cons@N is much "
             f"higher. Here (T=0.7): Pass@1 {100 * h7['pass1']:.1f}% vs {100 * n7['pass1']:.1f}%, Cons@{a.num_tokens} "
             f"{100 * h7['cons_at_n']:.1f}% vs {100 * n7['cons_at_n']:.1f}%: "
-            + ("same direction for Pass@1. " if better else "**differs** for Pass@1. ")
-            + "When the N answers all differ, the vote's tie rule takes token 1's answer, so Cons@N equals token "
-            "1's accuracy. On this toy task all four modes are equally correct and accuracy is limited by the tiny "
-            "model's "
-            "arithmetic, so accuracy differences say little about the method; the mode columns are the point.")
+            + ("same direction for Pass@1 and Cons@N. " if better and h7["cons_at_n"] > n7["cons_at_n"]
+               else "**differs**. ")
+            + ("Cons@N equals token 1's accuracy because the N answers mostly differ and the vote's tie rule "
+               "takes token 1's answer. " if abs(h7["cons_at_n"] - h7["pass1"]) < 1e-9 else "")
+            + f"Accuracy here measures how well a {a.hidden_size}-wide model learned three-number addition "
+            "within the budget; "
+            "the gaps are far larger than the paper's and are not a prediction for large models.")
     out.append(f"- Scale: the paper trains a 32B model on 1k questions x 4 teacher traces with N = 6 tokens; this run "
                f"trains a {a.hidden_size}-wide, {a.layers}-layer model from scratch with N = {a.num_tokens}, M = 4, on "
                "synthetic traces whose modes differ from the first step on. Whether the matching finds modes that "
@@ -311,6 +313,9 @@ def write_docs(results, training, a, wall, command, path_md, path_png):
                        [[label(m), str(t["seconds"]), f"{t['final_loss']:.3f}",
                          str(t["match_counts"]) if m != "none" else "-"] for m, t in training.items()]),
         "",
+        *([f"Same number of steps and examples for every method; SSFT's no-gradient N x M matching pass made its "
+           f"training take {training['hungarian']['seconds'] / training['random']['seconds']:.1f}x the wall time "
+           "of random tags.", ""] if "hungarian" in training and "random" in training else []),
         "## Results",
         "",
         markdown_table(SUMMARY_HEAD, rows),
