@@ -1,6 +1,6 @@
 """Build the README demo's local assets: a tiny model + tokenizer and bundled multi-trace data.
 
-    python -m trl_ssft.demo_assets OUT_DIR [--train 256 --eval 32 --arch qwen2 --untied]
+    python -m trl_ssft.demo_assets OUT_DIR [--train 512 --eval 32 --arch qwen2 --untied]
 
 writes ``OUT_DIR/model`` (a randomly initialised tiny Qwen2/Llama with a BPE tokenizer and a chat
 template), ``OUT_DIR/train.jsonl`` and ``OUT_DIR/eval.jsonl`` (ssft rows of `trl_ssft.synthetic`).
@@ -22,7 +22,7 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def build_demo_assets(out_dir: str, num_train: int = 256, num_eval: int = 32, arch: str = "qwen2",
+def build_demo_assets(out_dir: str, num_train: int = 512, num_eval: int = 32, arch: str = "qwen2",
                       tied: bool = True, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> dict:
     """Write model/, train.jsonl, eval.jsonl under `out_dir`; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -39,7 +39,7 @@ def build_demo_assets(out_dir: str, num_train: int = 256, num_eval: int = 32, ar
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir")
-    p.add_argument("--train", type=int, default=256)
+    p.add_argument("--train", type=int, default=512)
     p.add_argument("--eval", type=int, default=32)
     p.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
     p.add_argument("--untied", action="store_true", help="untied input/output embeddings")
