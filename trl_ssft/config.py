@@ -80,10 +80,12 @@ class SSFTFields:
         },
     )
     ssft_fork_init_noise: float = field(
-        default=0.1,
+        default=1.0,
         metadata={
             "help": "New forking-token embeddings start at the mean of the existing rows plus Gaussian noise of "
-            "this many per-dimension standard deviations, so the tokens are near the mean but distinct."
+            "this many per-dimension standard deviations, so the tokens start as distinct as ordinary vocabulary "
+            "rows. Small values (0.1) make the N tokens nearly identical, so the matching is decided by noise and "
+            "the tokens specialise slowly (see docs/mode_preservation.md)."
         },
     )
     ssft_duplicate_traces: str = field(

@@ -18,6 +18,13 @@ QWEN_CHAT_TEMPLATE = (
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
+# transformers >= 5 loads any saved `model_type: qwen2` tokenizer as `Qwen2Tokenizer`, which replaces the
+# pre-tokenizer of tokenizer.json by this split (one digit per token). Build with the same split so the
+# in-memory tokenizer and `AutoTokenizer.from_pretrained(saved_dir)` tokenize identically.
+QWEN_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
 
 def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 600):
     """Train a byte-level BPE tokenizer on `corpus` and wrap it as a chat tokenizer.
@@ -25,11 +32,14 @@ def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 600):
     The result behaves like a small Qwen tokenizer: `<|im_end|>` is the EOS (end-of-turn) token,
     `<|pad|>` the padding token, and the chat template renders `<|im_start|>role\\n...<|im_end|>`.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
