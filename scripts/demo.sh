@@ -16,8 +16,12 @@ echo "== 1/3 building the tiny model and the bundled data in $OUT/assets"
 sed -e "s#demo_assets/#$OUT/assets/#g" -e "s#outputs/ssft-tiny#$OUT/axolotl-ssft#g" \
     examples/yaml/axolotl_tiny_cpu.yaml > "$OUT/recipe.yaml"
 echo "== 2/3 axolotl train $OUT/recipe.yaml (log: $OUT/train.log)"
-.venv/bin/axolotl train "$OUT/recipe.yaml" 2>&1 | tee "$OUT/train.log" | grep -E "'loss'|'eval_loss'|SSFT|Error|error" || true
-test "${PIPESTATUS[0]}" -eq 0 || { echo "axolotl train failed; see $OUT/train.log" >&2; exit 1; }
+set +e
+.venv/bin/axolotl train "$OUT/recipe.yaml" 2>&1 | tee "$OUT/train.log" | tr '\r' '\n' \
+    | grep -E "^ *\{'(loss|eval_loss)'|^SSFT|Error" | sed -E "s/, 'memory[^,]*//g; s/^ +//"
+train_status=${PIPESTATUS[0]}
+set -e
+test "$train_status" -eq 0 || { echo "axolotl train failed (exit $train_status); see $OUT/train.log" >&2; exit 1; }
 echo "== 3/3 evaluation on held-out questions (sampling at temperature 1.0)"
 .venv/bin/trl-ssft eval "$OUT/axolotl-ssft" "$OUT/assets/eval.jsonl" --mode-classifier synthetic \
     --temperature 1.0 --rounds 2 --max-new-tokens 64 --output "$OUT/eval_report.json"
