@@ -64,12 +64,12 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--fork-init-noise", type=float, default=1.0,
                    help="ssft_fork_init_noise of every method: std of the new token rows' noise, in units of the "
-                   "vocabulary's per-dimension std (the library default is 0.1)")
+                   "vocabulary's per-dimension std (the library default, 1.0)")
     p.add_argument("--rounds", type=int, default=2, help="sampled rounds per (question, token)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default="hungarian,random,none,hungarian:0.1",
                    help="which to train, in this order; NAME:NOISE overrides --fork-init-noise for one run "
-                   "(the default adds SSFT at the library's default noise 0.1 as an ablation)")
+                   "(the default adds SSFT at noise 0.1, the smaller initial spread, as an ablation)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: a model this small runs fastest single-threaded, and a shared "
                    "machine does not thrash)")
