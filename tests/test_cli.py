@@ -36,19 +36,25 @@ def test_cli_trains_from_yaml(tmp_path):
     assert {"<think1>", "<think6>"} <= {t["content"] for t in tok["added_tokens"]}
 
 
-def test_cli_reports_bad_data_with_row_and_field(tmp_path):
+def _train_on(tmp_path, rows):
+    """Run `trl-ssft train` on `rows` (written as JSONL) with the tiny recipe; returns the process."""
     from trl_ssft.demo_assets import build_demo_assets, write_jsonl
-    from trl_ssft.synthetic import make_rows
 
     assets = build_demo_assets(str(tmp_path / "assets"), num_train=8, num_eval=2)
-    rows = make_rows(5, seed=3)
-    rows[3]["traces"] = ["ok", ""]
-    bad = tmp_path / "bad.jsonl"
-    write_jsonl(str(bad), rows)
+    data = tmp_path / "rows.jsonl"
+    write_jsonl(str(data), rows)
     exe = os.path.join(os.path.dirname(sys.executable), "trl-ssft")
     cmd = [exe, "train", "--config", os.path.join(REPO, "examples/yaml/trl_tiny_cpu.yaml"),
-           "--model_name_or_path", assets["model"], "--dataset_name", str(bad), "--output_dir", str(tmp_path / "o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+           "--model_name_or_path", assets["model"], "--dataset_name", str(data), "--output_dir", str(tmp_path / "o")]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+
+
+def test_cli_reports_bad_data_with_row_and_field(tmp_path):
+    from trl_ssft.synthetic import make_rows
+
+    rows = make_rows(5, seed=3)
+    rows[3]["traces"] = ["ok", ""]
+    proc = _train_on(tmp_path, rows)
     assert proc.returncode != 0
     assert "row 3, field 'traces[1]': is empty" in proc.stderr
 
@@ -61,17 +67,10 @@ def test_cli_usage(argv, code):
 
 
 def test_cli_names_the_row_when_a_column_mixes_types(tmp_path):
-    from trl_ssft.demo_assets import build_demo_assets, write_jsonl
     from trl_ssft.synthetic import make_rows
 
-    assets = build_demo_assets(str(tmp_path / "assets"), num_train=8, num_eval=2)
     rows = make_rows(4, seed=5)
     rows[2]["traces"] = "a single string, not a list"
-    bad = tmp_path / "mixed.jsonl"
-    write_jsonl(str(bad), rows)
-    exe = os.path.join(os.path.dirname(sys.executable), "trl-ssft")
-    cmd = [exe, "train", "--config", os.path.join(REPO, "examples/yaml/trl_tiny_cpu.yaml"),
-           "--model_name_or_path", assets["model"], "--dataset_name", str(bad), "--output_dir", str(tmp_path / "o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    proc = _train_on(tmp_path, rows)
     assert proc.returncode != 0
     assert "row 2, field 'traces'" in proc.stderr and "must be a list" in proc.stderr

@@ -285,6 +285,17 @@ def apply_trace_policies(
     return out
 
 
+def _keep_row(out: list, report: DataReport, prompt_ids: list[int], traces: list[list[int]]) -> None:
+    """Append a tokenized row to `out` and count it, or count it as dropped when no trace is left."""
+    if not traces:
+        report.dropped_rows += 1
+        return
+    report.rows += 1
+    report.traces += len(traces)
+    report.traces_per_row[len(traces)] += 1
+    out.append({"prompt_ids": prompt_ids, "trace_ids": traces})
+
+
 def tokenize_rows(
     rows: Sequence[dict],
     tokenizer,
@@ -314,13 +325,7 @@ def tokenize_rows(
             i, prompt_ids, trace_ids, max_length=max_length, duplicate_policy=duplicate_policy,
             long_policy=long_policy, report=report, dataset=dataset,
         )
-        if not traces:
-            report.dropped_rows += 1
-            continue
-        report.rows += 1
-        report.traces += len(traces)
-        report.traces_per_row[len(traces)] += 1
-        out.append({"prompt_ids": prompt_ids, "trace_ids": traces})
+        _keep_row(out, report, prompt_ids, traces)
     if report.duplicates and duplicate_policy == "warn":
         logger.warning(
             "%s dataset: %d duplicate traces within rows (kept; set ssft_duplicate_traces: drop to remove them)",
@@ -375,13 +380,7 @@ def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: 
                 duplicate_policy=cfg.ssft_duplicate_traces, long_policy=cfg.ssft_long_traces, report=report,
                 dataset=name,
             )
-            if not traces:
-                report.dropped_rows += 1
-                continue
-            report.rows += 1
-            report.traces += len(traces)
-            report.traces_per_row[len(traces)] += 1
-            tokenized.append({"prompt_ids": list(row["prompt_ids"]), "trace_ids": traces})
+            _keep_row(tokenized, report, list(row["prompt_ids"]), traces)
     else:
         if "prompt" not in columns or "traces" not in columns:
             raise SSFTDataError(
