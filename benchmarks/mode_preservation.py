@@ -64,12 +64,12 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--fork-init-noise", type=float, default=1.0,
                    help="ssft_fork_init_noise of every method: std of the new token rows' noise, in units of the "
-                   "vocabulary's per-dimension std (the library default, 1.0)")
+                   "vocabulary's per-dimension std (the library default is 0.1)")
     p.add_argument("--rounds", type=int, default=2, help="sampled rounds per (question, token)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default="hungarian,random,none,hungarian:0.1",
                    help="which to train, in this order; NAME:NOISE overrides --fork-init-noise for one run "
-                   "(the default adds SSFT at noise 0.1, the smaller initial spread, as an ablation)")
+                   "(the default adds SSFT at the library's default noise 0.1 as an ablation)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: a model this small runs fastest single-threaded, and a shared "
                    "machine does not thrash)")
@@ -214,9 +214,10 @@ def paper_comparison(results: dict, a) -> list[str]:
             f"- Ablation, SSFT with `ssft_fork_init_noise` = {spec.partition(':')[2]} (everything else equal), T=1.0: "
             f"{m['distinct_modes_per_question']:.2f} modes/question, token consistency "
             f"{', '.join(f'{100 * v:.0f}%' for v in cons.values())}; "
-            f"{sum(v >= 0.8 for v in cons.values())} of {len(cons)} tokens keep to one mode on >= 80% of samples. "
-            "With small noise the N new rows start almost equal, every token scores every trace alike, the "
-            "matching is decided by noise and the tokens separate slowly.")
+            f"{sum(v >= 0.8 for v in cons.values())} of {len(cons)} tokens keep to one mode on >= 80% of samples"
+            + ("." if all(v >= 0.8 for v in cons.values()) else
+               ": with small noise the N new rows start almost equal, every token scores every trace alike and "
+               "the matching is decided by noise, so the tokens separate more slowly."))
     h7, n7 = results.get("hungarian", {}).get("T=0.7"), results.get("none", {}).get("T=0.7")
     if h7 and n7:
         better = h7["pass1"] > n7["pass1"]
@@ -293,7 +294,9 @@ def write_docs(results, training, a, wall, command, path_md, path_png):
         "",
         f"- Data: `trl_ssft.synthetic.make_rows` (seed {a.seed}): {a.train_questions} training questions, "
         f"{a.eval_questions} held-out questions, M = 4 traces per question (forward, backward, outer, columns), "
-        "trace order shuffled per question.",
+        "trace order shuffled per question. Each trace opens with its strategy's name: without it, SSFT split "
+        "the forward/backward traces by 'smaller operand first' vs 'larger first' instead (a consistent mode, "
+        "but not the labelled one; see the docstring of `trl_ssft/synthetic.py`).",
         f"- Model: tiny Qwen2 (`trl_ssft.tiny`, hidden {a.hidden_size}, {a.layers} layers, random init, local BPE "
         "tokenizer), the same initial weights for every method.",
         f"- Training (identical budget per method): {a.steps} steps x {a.batch_size} questions x 4 traces, AdamW "

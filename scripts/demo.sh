@@ -17,8 +17,8 @@ sed -e "s#demo_assets/#$OUT/assets/#g" -e "s#outputs/ssft-tiny#$OUT/axolotl-ssft
     examples/yaml/axolotl_tiny_cpu.yaml > "$OUT/recipe.yaml"
 echo "== 2/3 axolotl train $OUT/recipe.yaml (log: $OUT/train.log)"
 set +e
-.venv/bin/axolotl train "$OUT/recipe.yaml" 2>&1 | tee "$OUT/train.log" | tr '\r' '\n' \
-    | grep -E "^ *\{'(loss|eval_loss)'|^SSFT|Error" | sed -E "s/, 'memory[^,]*//g; s/^ +//"
+.venv/bin/axolotl train "$OUT/recipe.yaml" 2>&1 | tee "$OUT/train.log" | stdbuf -oL tr '\r' '\n' \
+    | grep --line-buffered -E "^ *\{'(loss|eval_loss)'|^SSFT|Error" | sed -u -E "s/, 'memory[^,]*//g; s/^ +//"
 train_status=${PIPESTATUS[0]}
 set -e
 test "$train_status" -eq 0 || { echo "axolotl train failed (exit $train_status); see $OUT/train.log" >&2; exit 1; }

@@ -80,12 +80,11 @@ class SSFTFields:
         },
     )
     ssft_fork_init_noise: float = field(
-        default=1.0,
+        default=0.1,
         metadata={
             "help": "New forking-token embeddings start at the mean of the existing rows plus Gaussian noise of "
-            "this many per-dimension standard deviations, so the tokens start as distinct as ordinary vocabulary "
-            "rows. Small values (0.1) make the N tokens nearly identical, so the matching is decided by noise and "
-            "the tokens specialise slowly (see docs/mode_preservation.md)."
+            "this many per-dimension standard deviations, so the tokens are near the mean but distinct. 1.0 "
+            "starts them as far apart as ordinary vocabulary rows (docs/mode_preservation.md compares both)."
         },
     )
     ssft_duplicate_traces: str = field(

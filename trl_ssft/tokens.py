@@ -32,14 +32,13 @@ def embedding_sizes(model) -> int:
 
 
 @torch.no_grad()
-def init_fork_embeddings(model, token_ids: list[int], noise: float = 1.0, seed: int = 0) -> None:
+def init_fork_embeddings(model, token_ids: list[int], noise: float = 0.1, seed: int = 0) -> None:
     """Set the rows `token_ids` of the input (and untied output) embeddings to mean + noise.
 
     The mean and per-dimension standard deviation are taken over all rows that are not being
     initialised; each new row is the mean plus `noise` standard deviations of Gaussian noise (drawn
-    from a fixed `seed`): centred on the trained vocabulary, distinct from each other. With the
-    default 1.0 they are as far apart as ordinary rows, which the matching needs to break symmetry
-    (`ssft_fork_init_noise`; see docs/mode_preservation.md for 0.1 against 1.0).
+    from a fixed `seed`): near the mean of the trained vocabulary, distinct from each other
+    (`ssft_fork_init_noise`; docs/mode_preservation.md compares 0.1 with 1.0).
     """
     if not token_ids:
         return
@@ -60,7 +59,7 @@ def init_fork_embeddings(model, token_ids: list[int], noise: float = 1.0, seed: 
         w[idx.to(w.device)] = (mean + noise * std * rnd).to(w.dtype)
 
 
-def prepare_fork_tokens(model, tokenizer, names: list[str], noise: float = 1.0, seed: int = 0) -> list[int]:
+def prepare_fork_tokens(model, tokenizer, names: list[str], noise: float = 0.1, seed: int = 0) -> list[int]:
     """Add/reuse the forking tokens, grow the embeddings if needed, initialise new rows. Returns the ids.
 
     Models whose embedding matrix is larger than the tokenizer (padded vocabularies, e.g. Qwen) are
