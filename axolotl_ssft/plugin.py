@@ -150,11 +150,11 @@ class SSFTPlugin(BasePlugin):
 
         from axolotl.loaders import load_tokenizer
 
-        from trl_ssft.tokens import add_trainable_tokens_to_peft_config
+        from trl_ssft.tokens import add_trainable_tokens_to_peft_config, single_token_ids
 
         tokenizer = load_tokenizer(cfg)
         names = fork_names(cfg)
-        ids = _single_token_ids(tokenizer, names)
+        ids = single_token_ids(tokenizer, names)
         new_ids = [i for n, i in zip(names, ids) if n not in _base_vocab(cfg)]
         seed = cfg.seed if cfg.seed is not None else 42
         _init_rows(model, new_ids, ssft_settings(cfg).ssft_fork_init_noise, seed)
@@ -196,11 +196,9 @@ class SSFTPlugin(BasePlugin):
         from .trainer import SSFTAxolotlCollator
 
         s = ssft_settings(cfg)
-        seed = s.ssft_seed if s.ssft_seed is not None else (cfg.seed if cfg.seed is not None else 42)
         return SSFTAxolotlCollator, {
             "num_fork_tokens": s.ssft_num_fork_tokens, "assignment": s.ssft_assignment,
             "fork_token_loss": s.ssft_fork_token_loss, "max_traces_policy": s.ssft_max_traces_policy,
-            "seed": int(seed),
         }
 
     def post_trainer_create(self, cfg, trainer) -> None:
@@ -223,31 +221,15 @@ class SSFTPlugin(BasePlugin):
         if not is_ssft_config(cfg) or self._summary_printed or trainer is None:
             return
         self._summary_printed = True  # Axolotl calls post_train twice
-        import os
-
-        from trl_ssft.loss import STATE_FILE
-
         state = trainer.ssft_state()
         if trainer.args.should_save:
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            with open(os.path.join(cfg.output_dir, STATE_FILE), "w") as f:
-                json.dump(state, f, indent=2)
+            trainer.write_ssft_state(cfg.output_dir)
             pairs = ", ".join(f"{t}: {c}" for t, c in zip(state["fork_tokens"], state["match_counts"]))
             print(f"SSFT match counts ({state['assignment']}): {pairs}; Pass@1 token: {state['pass1_token']}",
                   flush=True)
 
 
 # ------------------------------------------------------------------ helpers
-def _single_token_ids(tokenizer, names: list[str]) -> list[int]:
-    ids = tokenizer.convert_tokens_to_ids(names)
-    for n, i in zip(names, ids):
-        enc = tokenizer(n, add_special_tokens=False)["input_ids"]
-        if i is None or enc != [i]:
-            raise ValueError(f"SSFT forking token {n!r} does not encode to a single token (got {enc}); "
-                             "choose another ssft_fork_token_template")
-    return list(ids)
-
-
 def _base_vocab(cfg) -> set[str]:
     """The base tokenizer's vocabulary, before Axolotl added any token: names in it are reused."""
     from transformers import AutoTokenizer

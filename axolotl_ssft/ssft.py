@@ -22,9 +22,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
-from trl_ssft.data import DataReport, SSFTDataError, tokenize_rows, validate_row
+from trl_ssft.data import (
+    DataReport,
+    SSFTDataError,
+    apply_trace_policies,
+    count_row,
+    row_from_columns,
+    tokenize_rows,
+    validate_row,
+    validate_tokenized_row,
+)
 
 from .args import ssft_settings
 
@@ -50,12 +57,8 @@ def _plugin_listed(cfg: Any) -> bool:
     return any(isinstance(plugins.get(name), SSFTPlugin) for name in (cfg.get("plugins") or []))
 
 
-def _is_empty(x: Any) -> bool:
-    return x is None or (isinstance(x, str) and not x.strip())
-
-
 def map_columns(rows: list[dict], settings, name: str) -> tuple[list[dict], list[int]]:
-    """One-column-per-trace rows -> ssft rows (`prompt`, `traces`, `trace_sources`), with source row numbers.
+    """One-column-per-trace rows -> ssft rows (`trl_ssft.data.row_from_columns`), with source row numbers.
 
     Empty trace cells are skipped; a row left with no trace is dropped (and counted in the log).
     A string prompt becomes a chat [system?, user] conversation when `ssft_system_prompt` is set or
@@ -69,20 +72,15 @@ def map_columns(rows: list[dict], settings, name: str) -> tuple[list[dict], list
             None, ", ".join(missing), f"column(s) not in the dataset (it has {sorted(have)}).",
             "fix ssft_prompt_column / ssft_trace_columns.", name,
         )
-    out, index, dropped = [], [], 0
+    out, index = [], []
     for i, row in enumerate(rows):
-        traces = [(c, row[c]) for c in tcs if not _is_empty(row.get(c))]
-        if not traces:
-            dropped += 1
-            continue
-        prompt = row[pc]
-        if isinstance(prompt, str) and settings.as_messages:
-            sys = [{"role": "system", "content": settings.ssft_system_prompt}] if settings.ssft_system_prompt else []
-            prompt = sys + [{"role": "user", "content": prompt}]
-        out.append({"prompt": prompt, "traces": [t for _, t in traces], "trace_sources": [c for c, _ in traces]})
-        index.append(i)
-    if dropped:
-        LOG.warning("%s: %d rows have no non-empty trace column and were dropped", name, dropped)
+        converted = row_from_columns(row, pc, tcs, system_prompt=settings.ssft_system_prompt,
+                                     as_messages=settings.as_messages)
+        if converted is not None:
+            out.append(converted)
+            index.append(i)
+    if len(out) < len(rows):
+        LOG.warning("%s: %d rows have no non-empty trace column and were dropped", name, len(rows) - len(out))
     return out, index
 
 
@@ -177,61 +175,24 @@ def finalize_dataset(dataset, settings, fork_ids: list[int], fork_names: list[st
     if missing:
         raise ValueError(f"{split} dataset has columns {dataset.column_names}: not an ssft dataset "
                          f"(missing {missing}); every dataset must be `type: ssft`")
-    n = len(fork_ids)
-    fork = np.asarray(fork_ids, dtype=np.int64)
     report = DataReport(dataset=split)
     changed = False
     out: dict[str, list] = {c: [] for c in dataset.column_names}
     for k, row in enumerate(dataset):
         i, src = _where(row, k)
-        prompt, traces = row["prompt_ids"], row["trace_ids"]
-        hit = np.isin(np.asarray(prompt, dtype=np.int64), fork)
-        if hit.any():
-            tok = fork_names[fork_ids.index(int(np.asarray(prompt)[hit][0]))]
-            raise SSFTDataError(i, "prompt", f"contains the forking token {tok!r}.",
-                                "remove it from the data or choose another ssft_fork_token_template.", src)
-        for j, t in enumerate(traces):
-            hit = np.isin(np.asarray(t, dtype=np.int64), fork)
-            if hit.any():
-                tok = fork_names[fork_ids.index(int(np.asarray(t)[hit][0]))]
-                raise SSFTDataError(i, f"traces[{j}]", f"contains the forking token {tok!r}.",
-                                    "remove it from the data or choose another ssft_fork_token_template.", src)
-        if (len(traces) > n and settings.ssft_max_traces_policy == "error"
-                and settings.ssft_assignment != "none"):
-            raise SSFTDataError(
-                i, "traces", f"has {len(traces)} traces but there are only {n} forking tokens (M > N).",
-                "raise ssft_num_fork_tokens, remove traces, or set ssft_max_traces_policy: subsample.", src,
-            )
-        room = None if max_length is None else max_length - len(prompt) - 1
-        if room is not None and room < 1:
-            raise SSFTDataError(
-                i, "prompt", f"is {len(prompt)} tokens long, leaving no room for a trace within "
-                f"sequence_len={max_length}.", "shorten the prompt or raise sequence_len.", src)
-        seen, kept = set(), []
-        for t in traces:
-            key = tuple(t)
-            if key in seen:
-                report.duplicates += 1
-                if settings.ssft_duplicate_traces == "drop":
-                    report.dropped_duplicates += 1
-                    changed = True
-                    continue
-            seen.add(key)
-            if room is not None and len(t) > room:
-                changed = True
-                if settings.ssft_long_traces == "drop":
-                    report.dropped_long += 1
-                    continue
-                t = t[:room]
-                report.truncated += 1
-            kept.append(t)
-        if not kept:
-            report.dropped_rows += 1
-            changed = True
+        validate_tokenized_row(
+            row, i, fork_ids=fork_ids, fork_names=fork_names, num_fork_tokens=len(fork_ids),
+            max_traces_policy=settings.ssft_max_traces_policy, assignment=settings.ssft_assignment,
+            dataset=src, fields=("prompt", "traces"),
+        )
+        traces = row["trace_ids"]
+        kept = apply_trace_policies(
+            i, row["prompt_ids"], traces, max_length=max_length, duplicate_policy=settings.ssft_duplicate_traces,
+            long_policy=settings.ssft_long_traces, report=report, dataset=src,
+        )
+        changed = changed or kept != traces
+        if not count_row(report, kept):
             continue
-        report.rows += 1
-        report.traces += len(kept)
-        report.traces_per_row[len(kept)] += 1
         for c in dataset.column_names:
             out[c].append(kept if c == "trace_ids" else row[c])
     print(report.summary(), flush=True)

@@ -18,7 +18,7 @@ from .args import ssft_settings
 
 
 def SSFTAxolotlCollator(tokenizer=None, *, num_fork_tokens: int, assignment: str = "hungarian",  # noqa: N802
-                        fork_token_loss: bool = False, max_traces_policy: str = "error", seed: int = 0,
+                        fork_token_loss: bool = False, max_traces_policy: str = "error",
                         **_axolotl_kwargs: Any) -> SSFTCollator:
     """Build the core collator the way Axolotl's builder calls a collator class: ``cls(tokenizer, **kwargs)``.
 
@@ -27,7 +27,7 @@ def SSFTAxolotlCollator(tokenizer=None, *, num_fork_tokens: int, assignment: str
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return SSFTCollator(pad_token_id=pad, num_fork_tokens=num_fork_tokens, assignment=assignment,
-                        fork_token_loss=fork_token_loss, max_traces_policy=max_traces_policy, seed=seed)
+                        fork_token_loss=fork_token_loss, max_traces_policy=max_traces_policy)
 
 
 class AxolotlSSFTTrainer(SSFTLossMixin, AxolotlTrainer):

@@ -18,8 +18,7 @@ such a row raises here (`prepare_ssft_dataset` already refuses it, naming the ro
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -31,25 +30,20 @@ class SSFTCollator:
     assignment: str = "hungarian"
     fork_token_loss: bool = False
     max_traces_policy: str = "error"
-    seed: int = 0  # kept for compatibility; the per-step draw is seeded by the trainer
-    _rng: random.Random = field(init=False, repr=False)
 
-    def __post_init__(self):
-        self._rng = random.Random(self.seed)
-
-    def _select(self, traces: list[list[int]]) -> list[list[int]]:
-        if self.assignment == "none" or len(traces) <= self.num_fork_tokens:
-            return traces
-        if self.max_traces_policy != "subsample":
+    def _check_m(self, traces: list[list[int]]) -> list[list[int]]:
+        """All traces pass (the trainer draws N per step under ``subsample``); M > N fails under ``error``."""
+        if (self.assignment != "none" and len(traces) > self.num_fork_tokens
+                and self.max_traces_policy != "subsample"):
             raise ValueError(
                 f"a question has {len(traces)} traces but there are only {self.num_fork_tokens} forking tokens; "
                 "set ssft_max_traces_policy: subsample or raise ssft_num_fork_tokens"
             )
-        return traces  # the trainer draws N of them per step (deterministic, resumable)
+        return traces
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         prompts = [list(f["prompt_ids"]) for f in features]
-        traces = [self._select([list(t) for t in f["trace_ids"]]) for f in features]
+        traces = [self._check_m([list(t) for t in f["trace_ids"]]) for f in features]
         b = len(features)
         p_max = max(len(p) for p in prompts)
         m_max = max(len(t) for t in traces)

@@ -178,8 +178,15 @@ def validate_tokenized_row(
     max_traces_policy: str = "error",
     assignment: str = "hungarian",
     dataset: str = "train",
+    fields: tuple[str, str] = ("prompt_ids", "trace_ids"),
 ) -> None:
-    """`validate_row` for an already tokenized row ``{"prompt_ids": [int], "trace_ids": [[int], ...]}``."""
+    """`validate_row` for an already tokenized row ``{"prompt_ids": [int], "trace_ids": [[int], ...]}``.
+
+    `fields` are the names the errors give the prompt and the traces (Axolotl, whose users wrote
+    `prompt`/`traces` and never saw the token ids, passes ``("prompt", "traces")``).
+    """
+    prompt_field, traces_field = fields
+    fork_set = set(fork_ids)
     if not isinstance(row, dict):
         raise SSFTDataError(index, "<row>", f"a row must be a mapping, got {_describe(row)}.", "", dataset)
 
@@ -193,21 +200,21 @@ def validate_tokenized_row(
             if t < 0 or (vocab_size is not None and t >= vocab_size):
                 raise SSFTDataError(index, name, f"contains token id {t}, outside the vocabulary [0, {vocab_size}).",
                                     "tokenize with this model's tokenizer.", dataset)
-            if t in fork_ids:
+            if t in fork_set:
                 tok = fork_names[list(fork_ids).index(t)] if fork_names else t
                 raise SSFTDataError(index, name, f"contains the forking token {tok!r}.", _FORK_FIX, dataset)
 
-    ids(row.get("prompt_ids"), "prompt_ids", "give the tokenized prompt.")
+    ids(row.get("prompt_ids"), prompt_field, "give the tokenized prompt.")
     traces = row.get("trace_ids")
     if not isinstance(traces, (list, tuple)) or not traces:
-        raise SSFTDataError(index, "trace_ids", f"must be a non-empty list of token-id lists, got {_describe(traces)}.",
-                            "give at least one tokenized trace per row.", dataset)
+        raise SSFTDataError(index, traces_field, f"must be a non-empty list of token-id lists, got "
+                            f"{_describe(traces)}.", "give at least one tokenized trace per row.", dataset)
     for j, t in enumerate(traces):
-        ids(t, f"trace_ids[{j}]", "remove empty or malformed traces.")
+        ids(t, f"{traces_field}[{j}]", "remove empty or malformed traces.")
     if (num_fork_tokens is not None and len(traces) > num_fork_tokens and max_traces_policy == "error"
             and assignment != "none"):
         raise SSFTDataError(
-            index, "trace_ids", f"has {len(traces)} traces but there are only {num_fork_tokens} forking tokens (M > N).",
+            index, traces_field, f"has {len(traces)} traces but there are only {num_fork_tokens} forking tokens (M > N).",
             "raise ssft_num_fork_tokens, remove traces, or set ssft_max_traces_policy: subsample.", dataset,
         )
 
@@ -285,15 +292,21 @@ def apply_trace_policies(
     return out
 
 
-def _keep_row(out: list, report: DataReport, prompt_ids: list[int], traces: list[list[int]]) -> None:
-    """Append a tokenized row to `out` and count it, or count it as dropped when no trace is left."""
+def count_row(report: DataReport, traces: list[list[int]]) -> bool:
+    """Count a row whose policies left `traces` in `report`; False (counted as dropped) when none is left."""
     if not traces:
         report.dropped_rows += 1
-        return
+        return False
     report.rows += 1
     report.traces += len(traces)
     report.traces_per_row[len(traces)] += 1
-    out.append({"prompt_ids": prompt_ids, "trace_ids": traces})
+    return True
+
+
+def _keep_row(out: list, report: DataReport, prompt_ids: list[int], traces: list[list[int]]) -> None:
+    """Append a tokenized row to `out` and count it, or count it as dropped when no trace is left."""
+    if count_row(report, traces):
+        out.append({"prompt_ids": prompt_ids, "trace_ids": traces})
 
 
 def tokenize_rows(
@@ -406,6 +419,32 @@ def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: 
     return Dataset.from_list(tokenized)
 
 
+def row_from_columns(
+    row: dict,
+    prompt_column: str,
+    trace_columns: Sequence[str],
+    *,
+    system_prompt: str | None = None,
+    as_messages: bool = True,
+    skip_empty: bool = True,
+) -> dict | None:
+    """One row of a one-column-per-trace layout -> ``{"prompt", "traces", "trace_sources"}``.
+
+    Empty or missing trace cells are skipped when `skip_empty`; None when no trace is left. A string
+    question becomes a chat ``[system?, user]`` prompt when `as_messages`; a message list is kept.
+    """
+    cells = [(c, row.get(c)) for c in trace_columns]
+    if skip_empty:
+        cells = [(c, t) for c, t in cells if not (t is None or (isinstance(t, str) and not t.strip()))]
+    if not cells:
+        return None
+    prompt = row[prompt_column]
+    if as_messages and isinstance(prompt, str):
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        prompt = system + [{"role": "user", "content": prompt}]
+    return {"prompt": prompt, "traces": [t for _, t in cells], "trace_sources": [c for c, _ in cells]}
+
+
 def columns_to_ssft(
     dataset,
     prompt_column: str,
@@ -429,24 +468,12 @@ def columns_to_ssft(
     def convert(batch):
         out = {"prompt": [], "traces": [], "trace_sources": [], "answer": []}
         for k in range(len(batch[prompt_column])):
-            traces, sources = [], []
-            for c in trace_columns:
-                t = batch[c][k]
-                if skip_empty and (t is None or (isinstance(t, str) and not t.strip())):
-                    continue
-                traces.append(t)
-                sources.append(c)
-            if not traces:
+            row = row_from_columns({c: batch[c][k] for c in batch}, prompt_column, trace_columns,
+                                   system_prompt=system_prompt, as_messages=as_messages, skip_empty=skip_empty)
+            if row is None:
                 continue
-            q = batch[prompt_column][k]
-            if as_messages:
-                msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-                prompt = msgs + [{"role": "user", "content": q}]
-            else:
-                prompt = q
-            out["prompt"].append(prompt)
-            out["traces"].append(traces)
-            out["trace_sources"].append(sources)
+            for key, value in row.items():
+                out[key].append(value)
             out["answer"].append(None if answer_column is None else str(batch[answer_column][k]))
         return out
 

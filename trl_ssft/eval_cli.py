@@ -162,7 +162,7 @@ def evaluate_model(
     rounds identical, so it runs one round. `self_choose` (``argmax`` / ``sample``) also evaluates
     the model's own token choice (R samples per question with that token).
     """
-    from .inference import (SSFTModel, answers_equal, choose_fork_token, extract_answer, fork_prompt_ids,
+    from .inference import (SSFTModel, answers_equal, extract_answer, fork_prompt_ids,
                             generate_ids, load_ssft_model)
 
     t0 = time.time()

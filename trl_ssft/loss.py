@@ -189,7 +189,7 @@ class SSFTLossMixin:
             costs = self.ssft_cost_matrices(prompts, traces)
             stats["match_seconds"].append(time.perf_counter() - t0)
         out = []
-        step = int(self.state.global_step) if getattr(self, "state", None) is not None else 0
+        step = self._ssft_step()
         for b, (p, ts) in enumerate(zip(prompts, traces)):
             rng = np.random.default_rng([self._ssft_seed(), step, _question_key(p)])
             cost = None
@@ -347,11 +347,19 @@ class SSFTLossMixin:
         super().save_model(output_dir, _internal_call=_internal_call)
         output_dir = output_dir or self.args.output_dir
         if self.ssft_args is not None and self.args.should_save:
-            os.makedirs(output_dir, exist_ok=True)
-            tmp = os.path.join(output_dir, STATE_FILE + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(self.ssft_state(), f, indent=2)
-            os.replace(tmp, os.path.join(output_dir, STATE_FILE))
+            self.write_ssft_state(output_dir)
+
+    def write_ssft_state(self, output_dir: str) -> None:
+        """Write `ssft_state.json` (match counts, Pass@1 token) into `output_dir`, atomically.
+
+        `save_model` calls it; a host that saves the model another way (Axolotl's final
+        `save_pretrained`) calls it itself.
+        """
+        os.makedirs(output_dir, exist_ok=True)
+        tmp = os.path.join(output_dir, STATE_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.ssft_state(), f, indent=2)
+        os.replace(tmp, os.path.join(output_dir, STATE_FILE))
 
     def ssft_load_state(self, checkpoint_dir: str) -> None:
         path = os.path.join(checkpoint_dir, STATE_FILE)

@@ -19,12 +19,18 @@ def add_fork_tokens(tokenizer, names: list[str]) -> tuple[list[int], list[str]]:
     new = [n for n in names if n not in vocab]
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
+    return single_token_ids(tokenizer, names), new
+
+
+def single_token_ids(tokenizer, names: list[str]) -> list[int]:
+    """The id of each name; `ValueError` unless every name encodes to exactly that one token."""
     ids = tokenizer.convert_tokens_to_ids(names)
     for n, i in zip(names, ids):
         enc = tokenizer(n, add_special_tokens=False)["input_ids"]
         if i is None or enc != [i]:
-            raise ValueError(f"forking token {n!r} does not encode to a single token (got {enc}); pick another name")
-    return list(ids), new
+            raise ValueError(f"forking token {n!r} does not encode to a single token (got {enc}); "
+                             "choose another ssft_fork_token_template")
+    return list(ids)
 
 
 def embedding_sizes(model) -> int:

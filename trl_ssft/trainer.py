@@ -85,7 +85,6 @@ class SSFTTrainer(SSFTLossMixin, SFTTrainer):
             data_collator = SSFTCollator(
                 pad_token_id=pad_id, num_fork_tokens=args.ssft_num_fork_tokens, assignment=args.ssft_assignment,
                 fork_token_loss=args.ssft_fork_token_loss, max_traces_policy=args.ssft_max_traces_policy,
-                seed=args.seed if args.ssft_seed is None else args.ssft_seed,
             )
         # Lists of row dicts (e.g. JSON read without Arrow) are validated and tokenized here: SFTTrainer
         # accepts only `datasets` objects, and Arrow cannot hold a column of mixed types.
