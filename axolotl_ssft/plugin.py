@@ -50,7 +50,7 @@ def _check_imports() -> None:
     try:
         import scipy.optimize  # noqa: F401
 
-        import trl_ssft.loss  # noqa: F401
+        import trl_ssft.set_loss  # noqa: F401
         import trl_ssft.matching  # noqa: F401
 
         from . import trainer  # noqa: F401

@@ -1,4 +1,4 @@
-"""`AxolotlSSFTTrainer`: the core's SSFT set loss (`trl_ssft.loss.SSFTLossMixin`) on Axolotl's trainer.
+"""`AxolotlSSFTTrainer`: the core's SSFT set loss (`trl_ssft.set_loss.SSFTLossMixin`) on Axolotl's trainer.
 
 Batches come from `SSFTAxolotlCollator` (= `trl_ssft.collator.SSFTCollator`), see that module for
 their layout: ``ssft_prompt_ids [B, P]``, ``ssft_trace_ids [B, M, L]``, lengths and loss-token counts.
@@ -12,7 +12,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 
 from trl_ssft.collator import SSFTCollator
 from trl_ssft.data import TOKENIZED_COLUMNS
-from trl_ssft.loss import SSFTLossMixin
+from trl_ssft.set_loss import SSFTLossMixin
 
 from .args import ssft_settings
 

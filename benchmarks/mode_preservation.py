@@ -2,7 +2,7 @@
 
     python benchmarks/mode_preservation.py            # writes docs/mode_preservation.{md,png,json}
 
-Data: `trl_ssft.synthetic` (sum of three two-digit numbers, four correct strategies per question:
+Data: `trl_ssft.demo.synthetic` (sum of three two-digit numbers, four correct strategies per question:
 forward, backward, outer, columns; each trace's mode is recognisable from its first step). One tiny
 Qwen2-style model (random init, local BPE tokenizer) is trained from the SAME initial weights three
 ways with identical budgets (steps, batch, learning rate, data order):
@@ -106,8 +106,8 @@ SETTINGS = (("greedy", dict(greedy=True)), ("T=0.7", dict(temperature=0.7, top_p
 
 
 def evaluate(method: str, model_dir: str, rows: list[dict], a) -> dict:
-    from trl_ssft.eval_cli import evaluate_model
-    from trl_ssft.inference import load_ssft_model
+    from trl_ssft.eval.cli import evaluate_model
+    from trl_ssft.eval.inference import load_ssft_model
 
     sm = load_ssft_model(model_dir, device="cpu")
     out = {}
@@ -246,7 +246,7 @@ def plot(results: dict, path: str, setting: str = "T=1.0") -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from trl_ssft.eval_cli import heatmap_matrix
+    from trl_ssft.eval.cli import heatmap_matrix
 
     methods = sorted(results, key=lambda m: (METHODS.index(m.partition(":")[0]), m))
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.2), squeeze=False)
@@ -292,12 +292,12 @@ def write_docs(results, training, a, wall, command, path_md, path_png):
         "",
         "## Setup",
         "",
-        f"- Data: `trl_ssft.synthetic.make_rows` (seed {a.seed}): {a.train_questions} training questions, "
+        f"- Data: `trl_ssft.demo.synthetic.make_rows` (seed {a.seed}): {a.train_questions} training questions, "
         f"{a.eval_questions} held-out questions, M = 4 traces per question (forward, backward, outer, columns), "
         "trace order shuffled per question. Each trace opens with its strategy's name: without it, SSFT split "
         "the forward/backward traces by 'smaller operand first' vs 'larger first' instead (a consistent mode, "
-        "but not the labelled one; see the docstring of `trl_ssft/synthetic.py`).",
-        f"- Model: tiny Qwen2 (`trl_ssft.tiny`, hidden {a.hidden_size}, {a.layers} layers, random init, local BPE "
+        "but not the labelled one; see the docstring of `trl_ssft/demo/synthetic.py`).",
+        f"- Model: tiny Qwen2 (`trl_ssft.demo.tiny`, hidden {a.hidden_size}, {a.layers} layers, random init, local BPE "
         "tokenizer), the same initial weights for every method.",
         f"- Training (identical budget per method): {a.steps} steps x {a.batch_size} questions x 4 traces, AdamW "
         f"lr {a.lr} (constant after 50 warm-up steps), N = {a.num_tokens} forking tokens initialised with "
@@ -305,9 +305,9 @@ def write_docs(results, training, a, wall, command, path_md, path_png):
         "hungarian, all other options at their defaults.",
         f"- Evaluation: one sample per token (SFT-mixed: {a.num_tokens} samples of the bare prompt) and round "
         f"({a.rounds} rounds when sampling, 1 greedy), max 64 new tokens; the mode of a sample is "
-        "`trl_ssft.synthetic.classify_mode` (its first step; a sample whose first step uses wrong operands is "
+        "`trl_ssft.demo.synthetic.classify_mode` (its first step; a sample whose first step uses wrong operands is "
         "`other`). Token consistency: share of a token's held-out samples that follow its overall majority mode "
-        "(`trl_ssft.metrics.token_consistency`). For SFT-mixed the 'tokens' are sample slots, which cannot carry "
+        "(`trl_ssft.eval.metrics.token_consistency`). For SFT-mixed the 'tokens' are sample slots, which cannot carry "
         "a mode: its consistency is a reference level for 'no control'.",
         "",
         "Training:",
@@ -350,8 +350,8 @@ def main(argv=None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from trl_ssft.synthetic import corpus, make_rows
-    from trl_ssft.tiny import save_tiny_model
+    from trl_ssft.demo.synthetic import corpus, make_rows
+    from trl_ssft.demo.tiny import save_tiny_model
 
     t0 = time.time()
     os.makedirs(a.work_dir, exist_ok=True)

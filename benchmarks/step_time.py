@@ -24,7 +24,7 @@ rounds; the first `--warmup` rounds are dropped. Reported per shape (N, M, P, T,
   touches (allocator caches included) and is coarser than the CUDA one.
 
 SSFT variants form a ladder, each adding one optimisation of `trl_ssft.scoring` to the previous one,
-so each optimisation has a before and an after column (all are exact; `tests/test_scoring.py`):
+so each optimisation has a before and an after column (all are exact; `tests/unit/test_scoring.py`):
 
 - ``naive``: full-vocabulary logits at every position of every row, rows in input order, no sharing;
 - ``+keep``: logits only at the scored positions (`keep_only_scored`);
@@ -105,7 +105,7 @@ def build_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from trl_ssft.tiny import QWEN_CHAT_TEMPLATE, SPECIAL_TOKENS
+    from trl_ssft.demo.tiny import QWEN_CHAT_TEMPLATE, SPECIAL_TOKENS
 
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     for i in range(vocab_size - len(vocab)):

@@ -12,7 +12,7 @@ export PATH="$PWD/.venv/bin:$PATH"   # the axolotl CLI execs accelerate from PAT
 OUT="${DEMO_OUT:-demo_out}"
 rm -rf "$OUT"; mkdir -p "$OUT"
 echo "== 1/3 building the tiny model and the bundled data in $OUT/assets"
-.venv/bin/python -m trl_ssft.demo_assets "$OUT/assets" --train 512 --eval 32 2>"$OUT/assets.log"
+.venv/bin/python -m trl_ssft.demo.assets "$OUT/assets" --train 512 --eval 32 2>"$OUT/assets.log"
 sed -e "s#demo_assets/#$OUT/assets/#g" -e "s#outputs/ssft-tiny#$OUT/axolotl-ssft#g" \
     examples/yaml/axolotl_tiny_cpu.yaml > "$OUT/recipe.yaml"
 echo "== 2/3 axolotl train $OUT/recipe.yaml (log: $OUT/train.log)"

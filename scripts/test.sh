@@ -16,5 +16,5 @@ echo "=== [1/2] full suite: axolotl 0.19 / trl 1.9 / transformers 5.16 ==="
 .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@" || status=1
 echo "=== [2/2] core + TRL trainer: trl 1.16 / transformers 5.23 / peft 0.21 ==="
 .venv-new/bin/python -m pytest -q -p no:cacheprovider tests -m "not axolotl" \
-    --ignore=tests/test_axolotl_plugin.py "$@" || status=1
+    --ignore=tests/e2e/test_axolotl_plugin.py "$@" || status=1
 exit $status

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def rows():
-    from trl_ssft.synthetic import make_rows
+    from trl_ssft.demo.synthetic import make_rows
 
     return make_rows(48, seed=0)
 
@@ -24,8 +24,8 @@ def rows():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, rows):
     """{"tied": path of a tied Qwen2, "untied": path of an untied Llama}, both with a chat tokenizer."""
-    from trl_ssft.synthetic import corpus
-    from trl_ssft.tiny import save_tiny_model
+    from trl_ssft.demo.synthetic import corpus
+    from trl_ssft.demo.tiny import save_tiny_model
 
     base = tmp_path_factory.mktemp("tiny")
     return {
@@ -45,3 +45,12 @@ def cpu_args(tmp_path, **kw):
     )
     base.update(kw)
     return SSFTConfig(**base)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/e2e/ (subprocess CLIs, torchrun, kill-and-resume) is `slow`: `-m "not slow"`
+    runs the unit tests only."""
+    e2e = os.path.join(os.path.dirname(__file__), "e2e") + os.sep
+    for item in items:
+        if str(item.fspath).startswith(e2e):
+            item.add_marker(pytest.mark.slow)

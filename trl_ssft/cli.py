@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "train":
         return train_main(rest)
     if cmd == "eval":
-        from .eval_cli import main as eval_main
+        from .eval.cli import main as eval_main
 
         return eval_main(rest)
     print(f"trl-ssft: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)

@@ -9,7 +9,7 @@ from trl import SFTTrainer
 from .collator import SSFTCollator
 from .config import SSFTConfig, fork_token_names
 from .data import TOKENIZED_COLUMNS, prepare_ssft_dataset
-from .loss import SSFTLossMixin
+from .set_loss import SSFTLossMixin
 from .tokens import add_trainable_tokens_to_peft_config, prepare_fork_tokens
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ FORKS6 = [f"<think{i}>" for i in range(1, 7)]
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """Tiny tied Qwen2 and untied Llama (each with 8 train / 4 eval synthetic rows, M=4 traces)."""
-    from trl_ssft.demo_assets import build_demo_assets
+    from trl_ssft.demo.assets import build_demo_assets
 
     base = tmp_path_factory.mktemp("axolotl_assets")
     tied = build_demo_assets(str(base / "tied"), num_train=8, num_eval=4)

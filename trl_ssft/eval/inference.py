@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import encode_prompt, render_prompt
+from ..data import encode_prompt, render_prompt
 from .metrics import majority_vote, vote_counts  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Metric functions against hand-computed cases (trl_ssft.metrics)."""
+"""Metric functions against hand-computed cases (trl_ssft.eval.metrics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from trl_ssft import metrics as M
+from trl_ssft.eval import metrics as M
 
 
 def qnr(nested):

@@ -14,7 +14,7 @@ from datasets import Dataset
 from conftest import cpu_args
 from trl_ssft import SSFTTrainer
 from trl_ssft.matching import brute_force
-from trl_ssft.synthetic import MODES, make_rows
+from trl_ssft.demo.synthetic import MODES, make_rows
 
 
 def _nll(model, prefix, cont):

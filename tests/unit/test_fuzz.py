@@ -43,7 +43,7 @@ valid_row = st.fixed_dictionaries({"prompt": valid_prompt, "traces": st.lists(ni
 
 @pytest.fixture(scope="module")
 def tok():
-    from trl_ssft.tiny import build_tiny_tokenizer
+    from trl_ssft.demo.tiny import build_tiny_tokenizer
 
     t = build_tiny_tokenizer(["add 12 34 56", "12 + 34 = 46 . answer", "abc xyz <> 0123456789"], vocab_size=300)
     t.add_special_tokens({"additional_special_tokens": [f"<think{i}>" for i in range(1, 7)]})

@@ -84,7 +84,7 @@ def prompt_text(prompt) -> str:
 # ---------------------------------------------------------------- mode classifiers
 def synthetic_classifier(text: str, row: dict) -> str:
     """Mode of a sample on the `trl_ssft.synthetic` question family."""
-    from .synthetic import classify_mode, parse_question
+    from ..demo.synthetic import classify_mode, parse_question
 
     q = parse_question(prompt_text(row["prompt"]))
     return "other" if q is None else classify_mode(text, q)
@@ -108,7 +108,7 @@ def pick_classifier(name: str, rows: Sequence[dict]) -> tuple[Callable | None, l
     if name == "none":
         return None, []
     if name == "synthetic":
-        from .synthetic import MODES
+        from ..demo.synthetic import MODES
 
         return synthetic_classifier, list(MODES)
     if name == "nearest-trace":

@@ -19,7 +19,7 @@ TIMEOUT = 300  # generous for a loaded 2-core machine; a hang fails the test ins
 
 
 def _rows():
-    from trl_ssft.synthetic import make_rows
+    from trl_ssft.demo.synthetic import make_rows
 
     rows = make_rows(4, seed=11)
     for row, m in zip(rows, (4, 4, 3, 1)):

@@ -1,4 +1,4 @@
-"""Inference helpers and the eval CLI on tiny local models (trl_ssft.inference, trl_ssft.eval_cli)."""
+"""Inference helpers and the eval CLI on tiny local models (trl_ssft.eval.inference, trl_ssft.eval.cli)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from trl_ssft import inference as inf  # noqa: E402
-from trl_ssft.synthetic import corpus, make_rows  # noqa: E402
-from trl_ssft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from trl_ssft.eval import inference as inf  # noqa: E402
+from trl_ssft.demo.synthetic import corpus, make_rows  # noqa: E402
+from trl_ssft.demo.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from trl_ssft.tokens import prepare_fork_tokens  # noqa: E402
 
 NAMES = [f"<think{i}>" for i in range(1, 5)]
@@ -133,7 +133,7 @@ def trained(tmp_path_factory):
     import datasets
 
     from trl_ssft import SSFTConfig, SSFTTrainer
-    from trl_ssft.demo_assets import build_demo_assets
+    from trl_ssft.demo.assets import build_demo_assets
 
     root = tmp_path_factory.mktemp("ssft_eval")
     paths = build_demo_assets(str(root / "assets"), num_train=16, num_eval=6, hidden_size=32, num_layers=1)
@@ -158,7 +158,7 @@ def test_load_ssft_model_reads_state(trained):
 
 
 def test_eval_cli_writes_json_and_png(trained, capsys):
-    from trl_ssft.eval_cli import main
+    from trl_ssft.eval.cli import main
 
     out, data, root = trained
     report_path = str(root / "rep" / "report.json")
@@ -188,7 +188,7 @@ def test_eval_cli_writes_json_and_png(trained, capsys):
 
 
 def test_eval_prompt_answer_dataset_without_modes(trained, tmp_path):
-    from trl_ssft.eval_cli import evaluate_model, heatmap_matrix
+    from trl_ssft.eval.cli import evaluate_model, heatmap_matrix
 
     out, _, _ = trained
     data = tmp_path / "qa.jsonl"

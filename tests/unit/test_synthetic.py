@@ -2,7 +2,7 @@
 
 import re
 
-from trl_ssft.synthetic import MODES, classify_mode, make_rows, parse_question, trace_for
+from trl_ssft.demo.synthetic import MODES, classify_mode, make_rows, parse_question, trace_for
 
 
 def test_traces_are_correct_and_recognised():

@@ -21,7 +21,7 @@ STEPS, SAVE = 8, 2
 
 
 def _rows():
-    from trl_ssft.synthetic import make_rows
+    from trl_ssft.demo.synthetic import make_rows
 
     rows = make_rows(10, seed=5)
     for k, row in enumerate(rows):  # M = 4 (> N = 3, subsampled each step), 3, 2, ...

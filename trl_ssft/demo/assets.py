@@ -1,6 +1,6 @@
 """Build the README demo's local assets: a tiny model + tokenizer and bundled multi-trace data.
 
-    python -m trl_ssft.demo_assets OUT_DIR [--train 512 --eval 32 --arch qwen2 --untied]
+    python -m trl_ssft.demo.assets OUT_DIR [--train 512 --eval 32 --arch qwen2 --untied]
 
 writes ``OUT_DIR/model`` (a randomly initialised tiny Qwen2/Llama with a BPE tokenizer and a chat
 template), ``OUT_DIR/train.jsonl`` and ``OUT_DIR/eval.jsonl`` (ssft rows of `trl_ssft.synthetic`).

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env():
@@ -17,7 +17,7 @@ def _env():
 
 
 def test_cli_trains_from_yaml(tmp_path):
-    from trl_ssft.demo_assets import build_demo_assets
+    from trl_ssft.demo.assets import build_demo_assets
 
     assets = build_demo_assets(str(tmp_path / "assets"), num_train=24, num_eval=8)
     out = tmp_path / "run"
@@ -38,7 +38,7 @@ def test_cli_trains_from_yaml(tmp_path):
 
 def _train_on(tmp_path, rows):
     """Run `trl-ssft train` on `rows` (written as JSONL) with the tiny recipe; returns the process."""
-    from trl_ssft.demo_assets import build_demo_assets, write_jsonl
+    from trl_ssft.demo.assets import build_demo_assets, write_jsonl
 
     assets = build_demo_assets(str(tmp_path / "assets"), num_train=8, num_eval=2)
     data = tmp_path / "rows.jsonl"
@@ -50,7 +50,7 @@ def _train_on(tmp_path, rows):
 
 
 def test_cli_reports_bad_data_with_row_and_field(tmp_path):
-    from trl_ssft.synthetic import make_rows
+    from trl_ssft.demo.synthetic import make_rows
 
     rows = make_rows(5, seed=3)
     rows[3]["traces"] = ["ok", ""]
@@ -67,7 +67,7 @@ def test_cli_usage(argv, code):
 
 
 def test_cli_names_the_row_when_a_column_mixes_types(tmp_path):
-    from trl_ssft.synthetic import make_rows
+    from trl_ssft.demo.synthetic import make_rows
 
     rows = make_rows(4, seed=5)
     rows[2]["traces"] = "a single string, not a list"

@@ -1,0 +1,1 @@
+"""Demo assets: tiny local models and tokenizers, the synthetic multi-strategy question family."""
