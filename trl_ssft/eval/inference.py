@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data import encode_prompt, render_prompt
+from ..state import STATE_FILE, read_ssft_state  # noqa: F401  (read_ssft_state re-exported)
 from .metrics import majority_vote, vote_counts  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "ssft_state.json"
 Prompt = str | list[dict]
 
 
@@ -43,15 +43,6 @@ class SSFTModel:
     fork_token_ids: list[int]
     pass1_token: str | None = None
     state: dict = field(default_factory=dict)
-
-
-def read_ssft_state(path: str) -> dict:
-    """The `ssft_state.json` of a model or checkpoint dir ({} when absent)."""
-    f = os.path.join(path, STATE_FILE)
-    if not os.path.exists(f):
-        return {}
-    with open(f) as fh:
-        return json.load(fh)
 
 
 def find_fork_tokens(tokenizer, template: str = "<think{i}>") -> list[str]:
