@@ -26,8 +26,10 @@ rounds; the first `--warmup` rounds are dropped. Reported per shape (N, M, P, T,
 SSFT variants form a ladder, each adding one optimisation of `trl_ssft.scoring` to the previous one,
 so each optimisation has a before and an after column (all are exact; `tests/unit/test_scoring.py`):
 
-- ``naive``: full-vocabulary logits at every position of every row, rows in input order, no sharing;
-- ``+keep``: logits only at the scored positions (`keep_only_scored`);
+- ``naive``: the model's own full-vocabulary logits at every position of every row, rows in input order,
+  no sharing;
+- ``+keep``: only the scored positions reach the output layer, in slices of at most
+  `logits_chunk_tokens` positions (`keep_only_scored`);
 - ``+sort``: rows sorted by length before chunking (`sort_rows`);
 - ``+share``: the prompt computed once per question, shared through the key/value cache
   (`share_prefix`) = the library default.
@@ -36,6 +38,7 @@ so each optimisation has a before and an after column (all are exact; `tests/uni
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -88,6 +91,8 @@ def parse_args(argv=None):
                    help="trace lengths drawn uniformly in L x [1-j, 1+j] (prompts: P x [1-j, 1+j])")
     p.add_argument("--match-max-tokens", type=int, default=2048,
                    help="ssft_match_max_tokens (the CPU default is scaled down with the shapes, so chunks form)")
+    p.add_argument("--logits-chunk-tokens", type=int, default=None,
+                   help="positions whose logits exist at once in the matching pass (default: the trainer's)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"SSFT variants to run, from {list(VARIANTS)}")
     p.add_argument("--warmup", type=int, default=1, help="rounds dropped")
     p.add_argument("--rounds", type=int, default=4, help="rounds measured")
@@ -192,8 +197,9 @@ def run_shape(args, shape):
     import torch
     from datasets import Dataset
 
-    from trl_ssft import SSFTConfig, SSFTTrainer, scoring
+    from trl_ssft import SSFTConfig, SSFTTrainer
     from trl_ssft.config import SSFT_FIELD_NAMES
+    from trl_ssft.scoring import ScoringOptions, ScoringStats, cost_matrices
 
     n, m, p, t, length = shape
     vocab = args.vocab_size or PRESETS[args.preset]["vocab_size"]
@@ -220,15 +226,37 @@ def run_shape(args, shape):
     mem = Memory(args.device)
     variants = [v for v in args.variants.split(",") if v]
 
+    def scorer(options: dict, totals: ScoringStats):
+        """The trainer's matching pass with this variant's scoring options; its counters go to `totals`."""
+        opts = dataclasses.replace(ScoringOptions.from_fields(trainer.ssft_args), **options)
+        if args.logits_chunk_tokens is not None:
+            opts = dataclasses.replace(opts, logits_chunk_tokens=args.logits_chunk_tokens)
+
+        def ssft_cost_matrices(prompts, traces):
+            costs, st = cost_matrices(
+                trainer.model, prompts, traces, trainer.fork_token_ids, match_tokens=trainer.ssft_args.ssft_match_tokens,
+                max_tokens=trainer.ssft_args.ssft_match_max_tokens, pad_token_id=trainer.ssft_pad_token_id,
+                device=trainer.args.device, options=opts)
+            for f in dataclasses.fields(st):
+                old, new = getattr(totals, f.name), getattr(st, f.name)
+                setattr(totals, f.name, max(old, new) if f.name in ("max_logit_positions", "shared_prefix")
+                        else old + new)
+            return costs
+
+        return ssft_cost_matrices
+
     def step(mode: str, options: dict):
         trainer.ssft_args = SimpleNamespace(**{**base_fields, "ssft_assignment": mode})
         buf = trainer._ssft_metrics["train"]
         buf.clear()
-        before = dict(scoring.TOTALS)
+        totals = ScoringStats()
+        trainer.ssft_cost_matrices = scorer(options, totals)  # instance attribute: this variant only
         mem.start()
         t0 = time.perf_counter()
-        with scoring.scoring_options(**options):
+        try:
             trainer.training_step(model, inputs, num_items)
+        finally:
+            del trainer.ssft_cost_matrices
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -236,8 +264,7 @@ def run_shape(args, shape):
         model.zero_grad(set_to_none=True)
         match = float(sum(buf.get("match_seconds", [])))
         buf.clear()
-        counters = {k: scoring.TOTALS[k] - before.get(k, 0) for k in scoring.TOTALS}
-        return dt, match, peak, counters
+        return dt, match, peak, dataclasses.asdict(totals)
 
     runs = {"sft": []} | {v: [] for v in variants}
     for r in range(args.warmup + args.rounds):

@@ -1,151 +1,170 @@
-"""Per-sequence mean next-token loss of many continuations, without gradient and in bounded memory.
+"""The matching pass: mean next-token loss of many continuations, without gradient, in bounded memory.
 
-This is the matching pass: for R rows ``prefix_r + cont_r`` it returns
-``cost_r = mean_t -log p(cont_r[t] | prefix_r, cont_r[:t])`` (the prefix's own tokens, including the
-forking token that ends it, are not scored).
+`score_continuations`: for R rows ``prefix_r + cont_r``, ``cost_r = mean_t -log p(cont_r[t] | prefix_r,
+cont_r[:t])`` (the prefix's own tokens, including the forking token that ends it, are not scored).
+`cost_matrices`: SSFT's cost C[i, j] per question, from the N x M rows ``[prompt, fork_i, trace_j[:T]]``.
 
-Every optimisation below is exact (same numbers up to float rounding) and on by default; each can be
-turned off through a keyword of `score_continuations` or, for callers that cannot pass keywords (the
-trainer's `ssft_cost_matrices`), through the `scoring_options` context manager:
+Every optimisation is exact (same numbers up to float rounding), on by default, and can be turned off
+through `ScoringOptions` (passed explicitly; no module state):
 
-- **shared prompt** (``share_prefix``): rows whose prefixes agree on all but the last token (in SSFT:
-  the N x M rows ``[prompt, fork_i, trace_j]`` of one question share ``prompt``) get that context
-  computed once. One forward over the distinct contexts returns their key/value cache; each row then
-  runs only ``[fork_i, trace_j[:-1]]`` on top of its question's cache (left-padded to the longest
-  context of the chunk, masked, positions continued explicitly). Used when the model's layers are
-  all plain full attention (no sliding window, no recurrent state) and some context is shared.
-- **no wasted positions**: the last continuation token is never fed (its prediction is unused), and
-  only the scored positions' logits are built (``logits_to_keep``; ``keep_only_scored``).
+- **shared prompt** (``share_prefix``): rows whose prefixes agree on all but the last token (in SSFT the
+  N x M rows of one question share ``prompt``) get that context computed once: one forward over the
+  distinct contexts returns their key/value cache; each row then runs only ``[fork_i, trace_j[:-1]]`` on
+  top of its question's cache (left-padded to the chunk's longest context, masked, positions continued).
+  Used when every layer is plain full attention (`supports_prefix_cache`) and a context is shared.
+- **no wasted positions**: the last continuation token is never fed, and only the scored positions reach
+  the output layer (``logits_to_keep``; ``keep_only_scored``).
+- **bounded logits** (``logits_chunk_tokens``, ``nll_chunk_bytes``): the output module is intercepted
+  inside the model's forward (`output_head.OutputHead`) and the scored positions' logits are built in
+  slices, so at most ``logits_chunk_tokens`` positions' logits (and at most ``nll_chunk_bytes`` of fp32
+  logits) exist at once, whatever the chunk size. ``keep_only_scored=False`` takes the model's own full
+  logits instead (the unoptimised reference; only the fp32 upcast is sliced, by ``nll_chunk_bytes``).
 - **length sorting** (``sort_rows``): rows are sorted by length before chunking, so a chunk pads little.
-- **bounded memory**: a forward call holds at most ``max_tokens`` padded tokens (rows x (context +
-  new tokens)) and, when ``max_bytes`` is given, at most that many bytes by a model-aware estimate of
-  activations, key/value cache and logits (`estimate_bytes`). The float32 log-softmax runs on slices of
-  at most ``nll_chunk_bytes``: the fp32 upcast of the logits is never made for a whole chunk.
+- **bounded chunks**: a forward call holds at most ``max_tokens`` padded tokens and, with ``max_bytes``,
+  at most that many bytes by a model-aware estimate (`estimate_bytes`).
 - **eval mode** (no dropout) during scoring; the model's mode is restored afterwards.
 
 Under several processes the number of forward calls is made equal on every rank (extra calls on a
-2-token dummy row), as FSDP / ZeRO-3 require.
+2-token dummy row, through the same output-module call), as FSDP / ZeRO-3 require.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .distributed import max_over_ranks
+from .scoring_plan import _config, estimate_bytes, plan_chunks, plan_chunks_2d, supports_prefix_cache
+
+__all__ = ["ScoringOptions", "ScoringStats", "cost_matrices", "estimate_bytes", "plan_chunks", "plan_chunks_2d",
+           "plan_rows", "score_continuations", "slice_tokens", "supports_prefix_cache"]
+
 IGNORE_INDEX = -100
 
-#: Defaults of the optional keywords of `score_continuations` (change with `scoring_options`).
-DEFAULT_OPTIONS: dict = {
-    "share_prefix": None,  # None: when the model supports it and a context is shared; True: require; False: off
-    "sort_rows": True,
-    "keep_only_scored": True,
-    "max_bytes": None,
-    "nll_chunk_bytes": 256 * 2**20,
-    "eval_mode": True,
-}
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How the matching pass runs. Every setting gives the same costs (up to float rounding)."""
+
+    share_prefix: bool | None = None  # None: when supported and a context is shared; True: require; False: off
+    sort_rows: bool = True
+    keep_only_scored: bool = True  # False: the model's full logits at every position (the naive reference)
+    max_bytes: int | None = None  # per forward call, by `estimate_bytes`
+    nll_chunk_bytes: int | None = 256 * 2**20  # fp32 logits (upcast + log-softmax) that exist at once
+    eval_mode: bool = True
+    logits_chunk_tokens: int = 1024  # positions whose logits exist at once
+
+    def __post_init__(self):
+        if self.logits_chunk_tokens < 1:
+            raise ValueError(f"logits_chunk_tokens must be >= 1, got {self.logits_chunk_tokens!r}")
+
+    @classmethod
+    def from_fields(cls, args: Any) -> ScoringOptions:
+        """From an object with the trainer's ``ssft_*`` fields (missing fields keep the defaults)."""
+        mem_mb = getattr(args, "ssft_match_max_memory_mb", None)
+        chunk = getattr(args, "ssft_logits_chunk_tokens", None)
+        return cls(share_prefix=None if getattr(args, "ssft_match_share_prompt", True) else False,
+                   max_bytes=None if mem_mb is None else int(mem_mb) * 2**20,
+                   logits_chunk_tokens=cls.logits_chunk_tokens if chunk is None else int(chunk))
 
 
-#: Counters summed over every call of `score_continuations` in this process (for benchmarks).
-TOTALS: dict[str, int] = {"calls": 0, "forward_calls": 0, "tokens": 0, "padded_tokens": 0, "logit_positions": 0}
+@dataclass
+class ScoringStats:
+    """Counters of one scoring pass (summed over its forward calls)."""
 
+    forward_calls: int = 0
+    tokens: int = 0  # real tokens fed
+    padded_tokens: int = 0  # tokens fed, padding included
+    logit_positions: int = 0  # positions whose hidden state reached the output layer
+    max_logit_positions: int = 0  # the most positions whose logits existed at once
+    shared_prefix: bool = False
 
-@contextlib.contextmanager
-def scoring_options(**options):
-    """Temporarily change the defaults of `score_continuations` (e.g. ``share_prefix=False``)."""
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown scoring options {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}")
-    saved = dict(DEFAULT_OPTIONS)
-    DEFAULT_OPTIONS.update(options)
-    try:
-        yield
-    finally:
-        DEFAULT_OPTIONS.clear()
-        DEFAULT_OPTIONS.update(saved)
+    def add_call(self, tokens: int, padded: int, positions: int, at_once: int) -> None:
+        self.forward_calls += 1
+        self.tokens += tokens
+        self.padded_tokens += padded
+        self.logit_positions += positions
+        self.max_logit_positions = max(self.max_logit_positions, at_once)
 
 
 # --------------------------------------------------------------------------- planning
-def plan_chunks(lengths: Sequence[int], max_tokens: int, sort: bool = True) -> list[list[int]]:
-    """Group row indices, sorted by length, into chunks with rows x max_len <= max_tokens (>= 1 row each)."""
-    return plan_chunks_2d([0] * len(lengths), lengths, lambda rows, a, b: rows * b <= max_tokens, sort)
+def slice_tokens(model, options: ScoringOptions) -> int:
+    """Positions per logits slice: `logits_chunk_tokens`, lowered so fp32 logits fit `nll_chunk_bytes`."""
+    if options.nll_chunk_bytes is None:
+        return options.logits_chunk_tokens
+    per_pos = _vocab(model) * 4 * 2  # fp32 copy + log-softmax
+    return max(1, min(options.logits_chunk_tokens, options.nll_chunk_bytes // per_pos))
 
 
-def plan_chunks_2d(ctx_lens: Sequence[int], new_lens: Sequence[int], fits, sort: bool = True) -> list[list[int]]:
-    """Chunks of row indices such that ``fits(rows, max ctx_len, max new_len)`` holds (>= 1 row each).
-
-    Rows are taken in order of (ctx_len + new_len, new_len) when `sort`, else in their given order.
-    """
-    order = list(range(len(new_lens)))
-    if sort:
-        order.sort(key=lambda r: (ctx_lens[r] + new_lens[r], new_lens[r]))
-    chunks: list[list[int]] = []
-    cur: list[int] = []
-    cmax = nmax = 0
-    for r in order:
-        c2, n2 = max(cmax, ctx_lens[r]), max(nmax, new_lens[r])
-        if cur and not fits(len(cur) + 1, c2, n2):
-            chunks.append(cur)
-            cur, c2, n2 = [], ctx_lens[r], new_lens[r]
-        cur.append(r)
-        cmax, nmax = c2, n2
-    if cur:
-        chunks.append(cur)
-    return chunks
+def _vocab(model) -> int:
+    return int(getattr(_config(model), "vocab_size", 32000))
 
 
-def _config(model):
-    cfg = getattr(model, "config", None)
-    return cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+@dataclass
+class _Plan:
+    """Rows as (context, new tokens), and the forward calls that score them."""
+
+    share: bool
+    contexts: list[tuple[int, ...]]  # distinct contexts (prefix[:-1]); encoded once when `share`
+    row_ctx: list[int]  # row -> its context's index
+    ctx_lens: list[int]  # row -> tokens taken from the cache (0 without sharing)
+    news: list[list[int]]  # row -> tokens fed: [prefix[-1], cont[:-1]] or [prefix, cont[:-1]]
+    conts: list[list[int]]  # row -> scored tokens
+    ctx_chunks: list[list[int]] = field(default_factory=list)
+    row_chunks: list[list[int]] = field(default_factory=list)
 
 
-def estimate_bytes(model) -> dict[str, float]:
-    """Rough bytes of a no-grad forward: per context token, per new token (besides logits), per logit position.
+def _fits(model, max_tokens: int, options: ScoringOptions) -> Callable[[int, int, int], bool]:
+    """``fits(rows, ctx_len, new_len)``: a forward call within `max_tokens` and `options.max_bytes`."""
+    est = estimate_bytes(model) if options.max_bytes is not None else None
+    sliced = slice_tokens(model, options)
 
-    ``ctx``: the key/value cache of one token over all layers. ``new``: the cache plus the live
-    activations of one layer (hidden states, MLP intermediate, attention scores are not counted: sdpa
-    and flash attention keep them O(length)). ``logit``: one position's logits in the model dtype.
-    """
-    cfg = _config(model)
-    param = next(model.parameters())
-    elt = param.element_size() if param.is_floating_point() else 2
-    hidden = int(getattr(cfg, "hidden_size", 1024))
-    layers = int(getattr(cfg, "num_hidden_layers", 12))
-    heads = int(getattr(cfg, "num_attention_heads", 16))
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
-    inter = int(getattr(cfg, "intermediate_size", 4 * hidden))
-    vocab = int(getattr(cfg, "vocab_size", 32000))
-    kv = 2 * layers * kv_heads * head_dim * elt
-    act = (6 * hidden + 3 * inter) * elt
-    return {"ctx": float(kv), "new": float(kv + act), "logit": float(vocab * elt)}
+    def fits(rows: int, ctx_len: int, new_len: int) -> bool:
+        if rows * (ctx_len + new_len) > max_tokens:
+            return False
+        if est is None:
+            return True
+        if options.keep_only_scored:  # one slice of logits, its fp32 copy and log-softmax
+            logits = min(rows * new_len, sliced) * (est["logit"] + 8 * _vocab(model))
+        else:
+            logits = rows * (ctx_len + new_len) * est["logit"]
+        return rows * (ctx_len * est["ctx"] + new_len * est["new"]) + logits <= options.max_bytes
+
+    return fits
 
 
-def supports_prefix_cache(model) -> bool:
-    """True when every layer is plain full attention, so a left-padded, masked key/value cache is exact."""
-    cfg = _config(model)
-    if cfg is None or getattr(cfg, "is_encoder_decoder", False):
-        return False
-    types = getattr(cfg, "layer_types", None)
-    if types is not None:
-        return all(t == "full_attention" for t in types)
-    window = getattr(cfg, "sliding_window", None)
-    return window is None or getattr(cfg, "use_sliding_window", True) is False
-
-
-def _sync_num_calls(n: int, device) -> int:
-    """The largest `n` over all processes (the local `n` when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return n
-    if torch.distributed.get_world_size() == 1:
-        return n
-    backend = torch.distributed.get_backend()
-    dev = device if backend == "nccl" else torch.device("cpu")
-    t = torch.tensor([n], dtype=torch.long, device=dev)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return int(t.item())
+def plan_rows(model, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], max_tokens: int,
+              options: ScoringOptions) -> _Plan:
+    """Decide prompt sharing and split the rows (and distinct contexts) into forward calls."""
+    ctx_index: dict[tuple, int] = {}
+    row_ctx = [ctx_index.setdefault(tuple(p[:-1]), len(ctx_index)) for p in prefixes]
+    contexts = list(ctx_index)
+    share = options.share_prefix
+    saves = sum(len(p) - 1 for p in prefixes) > sum(len(c) for c in contexts)
+    usable = supports_prefix_cache(model) and all(len(c) >= 1 for c in contexts)
+    if share is None:
+        share = usable and saves
+    elif share and not usable:
+        raise ValueError("share_prefix=True needs a full-attention model and prefixes of >= 2 tokens")
+    conts = [list(c) for c in continuations]
+    n_rows = len(prefixes)
+    if share:
+        plan = _Plan(True, contexts, row_ctx, [len(contexts[row_ctx[r]]) for r in range(n_rows)],
+                     [[prefixes[r][-1]] + conts[r][:-1] for r in range(n_rows)], conts)
+    else:
+        plan = _Plan(False, contexts, row_ctx, [0] * n_rows,
+                     [list(prefixes[r]) + conts[r][:-1] for r in range(n_rows)], conts)
+    fits = _fits(model, max_tokens, options)
+    if share:
+        plan.ctx_chunks = plan_chunks_2d([0] * len(contexts), [len(c) for c in contexts],
+                                         lambda rows, a, b: fits(rows, 0, b), options.sort_rows)
+    plan.row_chunks = plan_chunks_2d(plan.ctx_lens, [len(x) for x in plan.news], fits, options.sort_rows)
+    return plan
 
 
 # --------------------------------------------------------------------------- forward + nll
@@ -158,204 +177,214 @@ def _forward(model, keep: int | None, **kw):
     return model(**kw)
 
 
-def _row_nll_sums(logits: torch.Tensor, targets: torch.Tensor, max_bytes: int | None) -> torch.Tensor:
+def _forward_without_logits(model, head, **kw):
+    """A forward whose logits are not needed: intercepted (no projection at all) or one position kept."""
+    if head is None:
+        return _forward(model, 1, **kw)
+    with head.intercept(lambda hidden: None):
+        return _forward(model, 1, **kw)
+
+
+def _logits_nll_sums(logits: torch.Tensor, targets: torch.Tensor, max_bytes: int | None) -> torch.Tensor:
     """Sum over positions of -log p(target) per row, float64 [rows]; targets == -100 are skipped.
 
     logits [rows, k, V] (any dtype), targets [rows, k]. The float32 upcast is done on slices of at most
-    `max_bytes` (rows first, then positions), so it never costs a whole chunk's logits in fp32.
+    `max_bytes` (rows first, then positions). Used only with ``keep_only_scored=False``.
     """
     rows, k, vocab = logits.shape
     out = torch.zeros(rows, dtype=torch.float64, device=logits.device)
-    per_pos = vocab * 4 * 2  # fp32 copy + log-softmax
-    step = k if max_bytes is None else max(1, int(max_bytes // per_pos))
+    step = k if max_bytes is None else max(1, int(max_bytes // (vocab * 4 * 2)))  # fp32 copy + log-softmax
     if step >= k:  # whole rows per slice
         rstep = rows if max_bytes is None else max(1, step // k)
         for r0 in range(0, rows, rstep):
-            x = logits[r0: r0 + rstep].float()
-            nll = F.cross_entropy(x.reshape(-1, vocab), targets[r0: r0 + rstep].reshape(-1),
+            nll = F.cross_entropy(logits[r0: r0 + rstep].float().reshape(-1, vocab), targets[r0: r0 + rstep].reshape(-1),
                                   ignore_index=IGNORE_INDEX, reduction="none")
             out[r0: r0 + rstep] = nll.view(-1, k).double().sum(-1)
-    else:  # slices of positions within a row
-        for r in range(rows):
-            for p0 in range(0, k, step):
-                x = logits[r, p0: p0 + step].float()
-                nll = F.cross_entropy(x, targets[r, p0: p0 + step], ignore_index=IGNORE_INDEX, reduction="none")
-                out[r] += nll.double().sum()
+        return out
+    for r in range(rows):  # slices of positions within a row
+        for p0 in range(0, k, step):
+            nll = F.cross_entropy(logits[r, p0: p0 + step].float(), targets[r, p0: p0 + step],
+                                  ignore_index=IGNORE_INDEX, reduction="none")
+            out[r] += nll.double().sum()
     return out
 
 
-# --------------------------------------------------------------------------- the entry point
+def _nll_forward(model, head, keep: int | None, targets: torch.Tensor, chunk_tokens: int,
+                 options: ScoringOptions, **kw) -> tuple[torch.Tensor, int, int]:
+    """One forward; per-row NLL sums float64 [rows] over targets [rows, k] (aligned to the last positions).
+
+    Returns (sums, positions that reached the output layer, most positions whose logits existed at once).
+    With `head` the output module is intercepted and logits are built in slices of `chunk_tokens`.
+    """
+    if head is None:
+        logits = _forward(model, keep, **kw).logits
+        kk = logits.shape[1]
+        sums = _logits_nll_sums(logits, targets[:, -kk:].to(logits.device), options.nll_chunk_bytes)
+        return sums, logits.shape[0] * kk, logits.shape[0] * kk
+    from .output_head import row_nll_sums
+
+    got: dict[str, Any] = {}
+
+    def fn(hidden: torch.Tensor) -> None:  # [rows, kk, H], inside the model's forward
+        tg = targets[:, -hidden.shape[1]:].to(hidden.device)
+        got["sums"] = row_nll_sums(head, hidden, tg, chunk_tokens)
+        got["positions"] = hidden.shape[0] * hidden.shape[1]
+        got["at_once"] = min(chunk_tokens, int((tg != IGNORE_INDEX).sum()))
+
+    with head.intercept(fn):
+        _forward(model, keep, **kw)
+    if "sums" not in got:
+        raise RuntimeError("the model's forward did not call its output module; use keep_only_scored=False")
+    return got["sums"], got["positions"], got["at_once"]
+
+
+# --------------------------------------------------------------------------- the steps of a pass
+def _encode_contexts(model, head, plan: _Plan, pad_token_id: int, device,
+                     stats: ScoringStats) -> tuple[list, list, int]:
+    """Key/value cache of the distinct contexts: per layer keys/values [n_ctx, h, P, d], left-padded to P."""
+    cache_k: list[torch.Tensor] = []
+    cache_v: list[torch.Tensor] = []
+    p_all = max((len(c) for c in plan.contexts), default=0)
+    for chunk in plan.ctx_chunks:
+        s = max(len(plan.contexts[i]) for i in chunk)
+        ids = torch.full((len(chunk), s), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), s), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, s - len(plan.contexts[i]):] = torch.tensor(plan.contexts[i])
+            mask[row, s - len(plan.contexts[i]):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = _forward_without_logits(model, head, input_ids=ids.to(device), attention_mask=mask.to(device),
+                                      position_ids=pos.to(device), use_cache=True)
+        positions = 0 if head is not None else out.logits.shape[0] * out.logits.shape[1]
+        stats.add_call(int(mask.sum()), ids.numel(), positions, positions)
+        idx = torch.tensor(chunk, device=device)
+        for li, layer in enumerate(out.past_key_values.layers):
+            if len(cache_k) <= li:
+                shape = (len(plan.contexts), layer.keys.shape[1], p_all)
+                cache_k.append(layer.keys.new_zeros(shape + tuple(layer.keys.shape[3:])))
+                cache_v.append(layer.values.new_zeros(shape + tuple(layer.values.shape[3:])))
+            cache_k[li][idx, :, p_all - s:] = layer.keys
+            cache_v[li][idx, :, p_all - s:] = layer.values
+        del out
+    return cache_k, cache_v, p_all
+
+
+def _pad_chunk(plan: _Plan, chunk: list[int], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """input_ids, position_ids, targets [n, k] and attention_mask [n, P + k] (P: cached context) of a chunk.
+
+    With sharing the new tokens are right-padded after the left-padded context and all of them are scored;
+    without, ``[prefix, cont[:-1]]`` is left-padded and the last len(cont) positions are scored.
+    """
+    n, k = len(chunk), max(len(plan.news[r]) for r in chunk)
+    p = max(plan.ctx_lens[r] for r in chunk)
+    ids = torch.full((n, k), pad_token_id, dtype=torch.long)
+    targets = torch.full((n, k), IGNORE_INDEX, dtype=torch.long)
+    new_mask = torch.zeros((n, k), dtype=torch.long)
+    ctx_mask = torch.zeros((n, p), dtype=torch.long)
+    for row, r in enumerate(chunk):
+        new, c = plan.news[r], len(plan.conts[r])
+        a = 0 if plan.share else k - len(new)
+        ids[row, a: a + len(new)] = torch.tensor(new)
+        new_mask[row, a: a + len(new)] = 1
+        b = 0 if plan.share else k - c
+        targets[row, b: b + c] = torch.tensor(plan.conts[r])
+        ctx_mask[row, p - plan.ctx_lens[r]:] = 1
+    if plan.share:
+        pos = torch.tensor([plan.ctx_lens[r] for r in chunk])[:, None] + torch.arange(k)[None, :]
+    else:
+        pos = (new_mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": torch.cat([ctx_mask, new_mask], dim=1), "position_ids": pos,
+            "targets": targets, "new_mask": new_mask}
+
+
+def _score_chunk(model, head, plan: _Plan, cache: tuple[list, list, int], chunk: list[int], pad_token_id: int,
+                 device, options: ScoringOptions, stats: ScoringStats) -> torch.Tensor:
+    """NLL sums float64 [len(chunk)] (CPU) of one chunk of rows: one forward call."""
+    from transformers import DynamicCache
+
+    batch = _pad_chunk(plan, chunk, pad_token_id)
+    kw: dict[str, Any] = {"use_cache": False}
+    if plan.share:
+        cache_k, cache_v, p_all = cache
+        p = max(plan.ctx_lens[r] for r in chunk)
+        idx = torch.tensor([plan.row_ctx[r] for r in chunk], device=device)
+        kw = {"use_cache": True, "past_key_values": DynamicCache(ddp_cache_data=[
+            (ck.index_select(0, idx)[:, :, p_all - p:], cv.index_select(0, idx)[:, :, p_all - p:])
+            for ck, cv in zip(cache_k, cache_v)])}
+    k = batch["input_ids"].shape[1]
+    scored = k if plan.share else max(len(plan.conts[r]) for r in chunk)
+    sums, positions, at_once = _nll_forward(
+        model, head, scored if options.keep_only_scored else None, batch["targets"], slice_tokens(model, options),
+        options, input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+        position_ids=batch["position_ids"].to(device), **kw)
+    kw.clear()
+    stats.add_call(int(batch["new_mask"].sum()), batch["input_ids"].numel(), positions, at_once)
+    return sums.cpu()
+
+
+def _align_calls(model, head, n_extra: int, pad_token_id: int, device, stats: ScoringStats) -> None:
+    """`n_extra` forward calls on a 2-token dummy row, so collective calls stay aligned across ranks."""
+    ids = torch.full((1, 2), pad_token_id, dtype=torch.long, device=device)
+    for _ in range(n_extra):
+        _forward_without_logits(model, head, input_ids=ids, attention_mask=torch.ones_like(ids),
+                                position_ids=torch.arange(2, device=device)[None], use_cache=False)
+        stats.add_call(0, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- the entry points
 @torch.no_grad()
-def score_continuations(
-    model,
-    prefixes: Sequence[Sequence[int]],
-    continuations: Sequence[Sequence[int]],
-    max_tokens: int,
-    pad_token_id: int,
-    device: torch.device | None = None,
-    *,
-    share_prefix: bool | None = "default",
-    sort_rows: bool | str = "default",
-    keep_only_scored: bool | str = "default",
-    max_bytes: int | None | str = "default",
-    nll_chunk_bytes: int | None | str = "default",
-    eval_mode: bool | str = "default",
-    stats: dict | None = None,
-) -> torch.Tensor:
-    """Mean NLL of each continuation given its prefix: float64 tensor [R] on CPU.
+def score_continuations(model, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                        max_tokens: int, pad_token_id: int, device: torch.device | None = None,
+                        options: ScoringOptions = ScoringOptions()) -> tuple[torch.Tensor, ScoringStats]:
+    """Mean NLL of each continuation given its prefix: (float64 tensor [R] on CPU, counters of the pass).
 
     prefixes[r]: token ids (>= 1), continuations[r]: token ids (>= 1) scored after it.
-    Keywords left at ``"default"`` take their value from `DEFAULT_OPTIONS` (see the module docstring).
-    `stats`, when given, is filled with counters: forward calls, tokens fed (real and padding),
-    logit positions built, and whether the shared-prefix path ran.
     """
-    opts = {k: (DEFAULT_OPTIONS[k] if v == "default" else v) for k, v in dict(
-        share_prefix=share_prefix, sort_rows=sort_rows, keep_only_scored=keep_only_scored, max_bytes=max_bytes,
-        nll_chunk_bytes=nll_chunk_bytes, eval_mode=eval_mode).items()}
     if len(prefixes) != len(continuations):
         raise ValueError("prefixes and continuations differ in length")
     if any(len(p) < 1 for p in prefixes) or any(len(c) < 1 for c in continuations):
         raise ValueError("every prefix and every continuation needs at least one token")
     device = device or next(model.parameters()).device
-    st = stats if stats is not None else {}
-    st.update(forward_calls=0, tokens=0, padded_tokens=0, logit_positions=0, shared_prefix=False)
+    plan = plan_rows(model, prefixes, continuations, max_tokens, options)
+    n_calls = max_over_ranks(len(plan.ctx_chunks) + len(plan.row_chunks), device)
+    stats = ScoringStats(shared_prefix=bool(plan.share))
+    costs = torch.empty(len(prefixes), dtype=torch.float64)
+    head = None
+    if options.keep_only_scored:
+        from .output_head import OutputHead
 
-    # rows -> (context, new tokens): the context is everything the row shares before its last prefix token
-    ctx_index: dict[tuple, int] = {}
-    row_ctx = []
-    for p in prefixes:
-        row_ctx.append(ctx_index.setdefault(tuple(p[:-1]), len(ctx_index)))
-    contexts = list(ctx_index)
-    share = opts["share_prefix"]
-    shared_saves = sum(len(p) - 1 for p in prefixes) > sum(len(c) for c in contexts)
-    usable = supports_prefix_cache(model) and all(len(c) >= 1 for c in contexts)
-    if share is None:
-        share = usable and shared_saves
-    elif share and not usable:
-        raise ValueError("share_prefix=True needs a full-attention model and prefixes of >= 2 tokens")
-
-    est = estimate_bytes(model) if opts["max_bytes"] is not None else None
-
-    def fits(rows, ctx_len, new_len):
-        if rows * (ctx_len + new_len) > max_tokens:
-            return False
-        if est is not None:
-            logit_pos = new_len if opts["keep_only_scored"] else ctx_len + new_len
-            need = rows * (ctx_len * est["ctx"] + new_len * est["new"] + logit_pos * est["logit"])
-            return need <= opts["max_bytes"]
-        return True
-
-    n_rows = len(prefixes)
-    conts = [list(c) for c in continuations]
-    if share:
-        ctx_lens = [len(contexts[row_ctx[r]]) for r in range(n_rows)]
-        news = [[prefixes[r][-1]] + conts[r][:-1] for r in range(n_rows)]
-        ctx_chunks = plan_chunks_2d([0] * len(contexts), [len(c) for c in contexts],
-                                    lambda rows, a, b: fits(rows, 0, b), opts["sort_rows"])
-    else:
-        ctx_lens = [0] * n_rows
-        news = [list(prefixes[r]) + conts[r][:-1] for r in range(n_rows)]
-        ctx_chunks = []
-    row_chunks = plan_chunks_2d(ctx_lens, [len(x) for x in news], fits, opts["sort_rows"])
-    n_calls = _sync_num_calls(len(ctx_chunks) + len(row_chunks), device)
-    costs = torch.empty(n_rows, dtype=torch.float64)
+        head = OutputHead(model)
     was_training = model.training
-    if opts["eval_mode"]:
+    if options.eval_mode:
         model.eval()
     try:
-        # 1. the distinct contexts, once each: key/value cache, left-padded into one [n_ctx, h, P, d] per layer
-        cache_k: list[torch.Tensor] = []
-        cache_v: list[torch.Tensor] = []
-        p_all = max((len(c) for c in contexts), default=0)
-        for chunk in ctx_chunks:
-            s = max(len(contexts[i]) for i in chunk)
-            ids = torch.full((len(chunk), s), pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), s), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                ids[row, s - len(contexts[i]):] = torch.tensor(contexts[i])
-                mask[row, s - len(contexts[i]):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = _forward(model, 1, input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device), use_cache=True)
-            st["forward_calls"] += 1
-            st["tokens"] += int(mask.sum())
-            st["padded_tokens"] += ids.numel()
-            st["logit_positions"] += len(chunk)
-            layers = out.past_key_values.layers
-            idx = torch.tensor(chunk, device=device)
-            for li, layer in enumerate(layers):
-                if len(cache_k) <= li:
-                    shape = (len(contexts),) + tuple(layer.keys.shape[1:2]) + (p_all,) + tuple(layer.keys.shape[3:])
-                    cache_k.append(torch.zeros(shape, dtype=layer.keys.dtype, device=device))
-                    cache_v.append(torch.zeros(shape[:3] + tuple(layer.values.shape[3:]),
-                                               dtype=layer.values.dtype, device=device))
-                cache_k[li][idx, :, p_all - s:] = layer.keys
-                cache_v[li][idx, :, p_all - s:] = layer.values
-            del out, layers
-
-        # 2. the rows: [context (cache or tokens), new tokens], scored on the new tokens' positions
-        from transformers import DynamicCache
-
-        for chunk in row_chunks:
-            n = len(chunk)
-            p = max(ctx_lens[r] for r in chunk)
-            k = max(len(news[r]) for r in chunk)
-            targets = torch.full((n, k), IGNORE_INDEX, dtype=torch.long)
-            ids = torch.full((n, k), pad_token_id, dtype=torch.long)
-            new_mask = torch.zeros((n, k), dtype=torch.long)
+        cache = _encode_contexts(model, head, plan, pad_token_id, device, stats)
+        for chunk in plan.row_chunks:
+            sums = _score_chunk(model, head, plan, cache, chunk, pad_token_id, device, options, stats)
             for row, r in enumerate(chunk):
-                c = len(conts[r])
-                if share:  # right-padded new tokens: all of them are scored
-                    ids[row, : len(news[r])] = torch.tensor(news[r])
-                    new_mask[row, : len(news[r])] = 1
-                    targets[row, :c] = torch.tensor(conts[r])
-                else:  # left-padded [prefix, cont[:-1]]: the last c positions are scored
-                    ids[row, k - len(news[r]):] = torch.tensor(news[r])
-                    new_mask[row, k - len(news[r]):] = 1
-                    targets[row, k - c:] = torch.tensor(conts[r])
-            if share:
-                idx = torch.tensor([row_ctx[r] for r in chunk], device=device)
-                cache = DynamicCache(ddp_cache_data=[
-                    (ck.index_select(0, idx)[:, :, p_all - p:], cv.index_select(0, idx)[:, :, p_all - p:])
-                    for ck, cv in zip(cache_k, cache_v)])
-                ctx_mask = torch.zeros((n, p), dtype=torch.long)
-                starts = torch.tensor([ctx_lens[r] for r in chunk])
-                for row, r in enumerate(chunk):
-                    ctx_mask[row, p - ctx_lens[r]:] = 1
-                mask = torch.cat([ctx_mask, new_mask], dim=1)
-                pos = starts[:, None] + torch.arange(k)[None, :]
-                kw = dict(past_key_values=cache, use_cache=True)
-            else:
-                mask = new_mask
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                kw = dict(use_cache=False)
-            # share: every new position is scored; else only the last (longest continuation) positions
-            scored = k if share else max(len(conts[r]) for r in chunk)
-            keep = scored if opts["keep_only_scored"] else None
-            out = _forward(model, keep, input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device), **kw)
-            logits = out.logits
-            del out
-            kw.clear()
-            kk = logits.shape[1]
-            st["forward_calls"] += 1
-            st["tokens"] += int(new_mask.sum())
-            st["padded_tokens"] += ids.numel()
-            st["logit_positions"] += n * kk
-            tg = targets[:, k - kk:] if kk <= k else targets
-            sums = _row_nll_sums(logits, tg.to(logits.device), opts["nll_chunk_bytes"]).cpu()
-            del logits
-            for row, r in enumerate(chunk):
-                costs[r] = sums[row] / len(conts[r])
-        st["shared_prefix"] = bool(share)
-        for _ in range(n_calls - len(ctx_chunks) - len(row_chunks)):  # keep collective forwards aligned
-            ids = torch.full((1, 2), pad_token_id, dtype=torch.long, device=device)
-            _forward(model, 1, input_ids=ids, attention_mask=torch.ones_like(ids),
-                     position_ids=torch.arange(2, device=device)[None], use_cache=False)
-            st["forward_calls"] += 1
+                costs[r] = sums[row] / len(plan.conts[r])
+        del cache
+        _align_calls(model, head, n_calls - stats.forward_calls, pad_token_id, device, stats)
     finally:
         model.train(was_training)
-    TOTALS["calls"] += 1
-    for key in ("forward_calls", "tokens", "padded_tokens", "logit_positions"):
-        TOTALS[key] += st[key]
-    return costs
+    return costs, stats
+
+
+def cost_matrices(model, prompts: list[list[int]], traces: list[list[list[int]]], fork_ids: list[int], *,
+                  match_tokens: int | None, max_tokens: int, pad_token_id: int, device: torch.device | None = None,
+                  options: ScoringOptions = ScoringOptions()) -> tuple[list[np.ndarray], ScoringStats]:
+    """SSFT's matching costs: per question b, cost[b] float64 [N, M_b] (N = len(fork_ids)) with
+    C[i, j] = mean NLL of trace_j[:match_tokens] after (prompt, fork_i) (None: the whole trace), no gradient.
+    """
+    prefixes, conts, where = [], [], []
+    for b, (p, ts) in enumerate(zip(prompts, traces)):
+        for i, fid in enumerate(fork_ids):
+            for j, t in enumerate(ts):
+                prefixes.append(list(p) + [fid])
+                conts.append(t if match_tokens is None else t[:match_tokens])
+                where.append((b, i, j))
+    flat, stats = score_continuations(model, prefixes, conts, max_tokens, pad_token_id, device, options)
+    costs = [np.zeros((len(fork_ids), len(ts))) for ts in traces]
+    for (b, i, j), c in zip(where, flat.tolist()):
+        costs[b][i, j] = c
+    return costs, stats

@@ -1,9 +1,9 @@
 """Each optimisation of the matching pass leaves the cost matrix and the chosen matching unchanged.
 
 Reference ("plain"): one unpadded forward per row ``prompt + fork_i + trace_j[:T]`` with full logits,
-the mean NLL of the trace tokens. Every option of `score_continuations` (shared prompt through the
-key/value cache, length sorting, logits only at scored positions, small chunks from a token or byte
-budget, sliced fp32 log-softmax, eval mode) must give the same costs within float tolerance and the
+the mean NLL of the trace tokens. Every `ScoringOptions` setting (shared prompt through the key/value
+cache, length sorting, logits only at scored positions, small chunks from a token or byte budget,
+sliced logits and fp32 log-softmax, eval mode) must give the same costs within float tolerance and the
 same Hungarian matching, on a tied Qwen2, an untied Llama, and both with LoRA on the output layer.
 """
 
@@ -15,11 +15,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_ssft.matching import hungarian
 from trl_ssft.scoring import (
-    TOTALS,
+    ScoringOptions,
+    ScoringStats,
+    cost_matrices,
     estimate_bytes,
     plan_chunks,
     score_continuations,
-    scoring_options,
     supports_prefix_cache,
 )
 
@@ -35,6 +36,8 @@ VARIANTS = {
     "tiny_token_budget": dict(max_tokens=24),  # many chunks, one row each where a row is longer
     "byte_budget": dict(max_bytes=1),  # one row per chunk
     "sliced_fp32": dict(nll_chunk_bytes=1),  # the fp32 log-softmax one position at a time
+    "sliced_fp32_full_logits": dict(nll_chunk_bytes=1, keep_only_scored=False),  # ... of the model's own logits
+    "logit_slices_of_1": dict(logits_chunk_tokens=1),  # the output layer on one position at a time
 }
 
 
@@ -101,9 +104,10 @@ def test_costs_and_matching_equal_plain(setup, variant):
     model, tok, questions, prefixes, conts, where, ref = setup
     kw = dict(VARIANTS[variant])
     max_tokens = kw.pop("max_tokens", 4096)
-    stats = {}
-    got = score_continuations(model, prefixes, conts, max_tokens=max_tokens, pad_token_id=tok.pad_token_id,
-                              stats=stats, **kw).numpy()
+    got, stats = score_continuations(model, prefixes, conts, max_tokens=max_tokens, pad_token_id=tok.pad_token_id,
+                                     options=ScoringOptions(**kw))
+    got = got.numpy()
+    stats = vars(stats)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     for c_got, c_ref in zip(_matrices(got, questions, where), _matrices(ref, questions, where)):
         a_got, a_ref = hungarian(c_got), hungarian(c_ref)
@@ -126,16 +130,42 @@ def test_costs_and_matching_equal_plain(setup, variant):
         assert stats["forward_calls"] == len(prefixes) + n_ctx
 
 
-def test_options_context_manager_reaches_the_default_call(setup):
+def test_options_reach_the_call_and_stats_come_back(setup):
     model, tok, _, prefixes, conts, _, ref = setup
-    before = TOTALS["tokens"]
-    with scoring_options(share_prefix=False, sort_rows=False):
-        got = score_continuations(model, prefixes, conts, 4096, tok.pad_token_id).numpy()
-    assert TOTALS["tokens"] - before == sum(len(p) + len(c) - 1 for p, c in zip(prefixes, conts))
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    got, stats = score_continuations(model, prefixes, conts, 4096, tok.pad_token_id,
+                                     options=ScoringOptions(share_prefix=False, sort_rows=False))
+    assert isinstance(stats, ScoringStats)
+    assert stats.tokens == sum(len(p) + len(c) - 1 for p, c in zip(prefixes, conts))
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError):
-        with scoring_options(no_such_option=1):
-            pass
+        ScoringOptions(no_such_option=1)
+    with pytest.raises(AttributeError):  # frozen: options are values, not shared state
+        ScoringOptions().share_prefix = False
+
+
+def test_cost_matrices_equal_plain(setup):
+    model, tok, questions, prefixes, conts, where, ref = setup
+    prompts = [p for p, _ in questions]
+    traces = [ts for _, ts in questions]
+    fork = sorted({p[-1] for p in prefixes})
+    costs, stats = cost_matrices(model, prompts, traces, fork, match_tokens=T_MAX, max_tokens=4096,
+                                 pad_token_id=tok.pad_token_id)
+    assert [c.shape for c in costs] == [(N_FORK, len(ts)) for ts in traces]
+    for c_got, c_ref in zip(costs, _matrices(ref, questions, where)):
+        np.testing.assert_allclose(c_got, c_ref, rtol=1e-4, atol=1e-5)
+    assert stats.shared_prefix and stats.forward_calls >= 2
+
+
+def test_options_from_fields():
+    from types import SimpleNamespace
+
+    assert ScoringOptions.from_fields(SimpleNamespace()) == ScoringOptions()
+    got = ScoringOptions.from_fields(SimpleNamespace(ssft_match_max_memory_mb=3, ssft_match_share_prompt=False,
+                                                     ssft_logits_chunk_tokens=7))
+    assert got == ScoringOptions(share_prefix=False, max_bytes=3 * 2**20, logits_chunk_tokens=7)
+    assert ScoringOptions.from_fields(SimpleNamespace(ssft_match_share_prompt=True)).share_prefix is None
+    with pytest.raises(ValueError):
+        ScoringOptions(logits_chunk_tokens=0)
 
 
 def test_eval_mode_removes_dropout_and_restores_training(tiny_models):
@@ -144,11 +174,12 @@ def test_eval_mode_removes_dropout_and_restores_training(tiny_models):
     questions, prefixes, conts, where = _rows(tok, seed=1)
     ref = _plain(model.eval(), prefixes, conts)
     model.train()
-    got = score_continuations(model, prefixes, conts, 4096, tok.pad_token_id).numpy()
+    got = score_continuations(model, prefixes, conts, 4096, tok.pad_token_id)[0].numpy()
     assert model.training
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     torch.manual_seed(0)
-    noisy = score_continuations(model, prefixes, conts, 4096, tok.pad_token_id, eval_mode=False).numpy()
+    noisy = score_continuations(model, prefixes, conts, 4096, tok.pad_token_id,
+                                options=ScoringOptions(eval_mode=False))[0].numpy()
     assert np.abs(noisy - ref).max() > 1e-3  # dropout is active in train mode: the test can fail
 
 
@@ -165,11 +196,10 @@ def test_prefix_cache_only_for_full_attention(tiny_models, monkeypatch):
     monkeypatch.setattr(scoring, "supports_prefix_cache", lambda m: False)
     tok = AutoTokenizer.from_pretrained(tiny_models["tied"])
     _, prefixes, conts, _ = _rows(tok)
-    stats = {}
-    score_continuations(model, prefixes, conts, 4096, tok.pad_token_id, stats=stats)
-    assert stats["shared_prefix"] is False  # falls back to the exact uncached path
+    _, stats = score_continuations(model, prefixes, conts, 4096, tok.pad_token_id)
+    assert stats.shared_prefix is False  # falls back to the exact uncached path
     with pytest.raises(ValueError, match="share_prefix"):
-        score_continuations(model, prefixes, conts, 4096, tok.pad_token_id, share_prefix=True)
+        score_continuations(model, prefixes, conts, 4096, tok.pad_token_id, options=ScoringOptions(share_prefix=True))
 
 
 def test_budgets(tiny_models):
@@ -194,7 +224,7 @@ def test_sorting_reduces_padding(tiny_models):
     _, prefixes, conts, _ = _rows(tok)
     padded = {}
     for sort in (True, False):
-        stats = {}
-        score_continuations(model, prefixes, conts, 64, tok.pad_token_id, sort_rows=sort, stats=stats)
-        padded[sort] = stats["padded_tokens"] - stats["tokens"]
+        _, stats = score_continuations(model, prefixes, conts, 64, tok.pad_token_id,
+                                       options=ScoringOptions(sort_rows=sort))
+        padded[sort] = stats.padded_tokens - stats.tokens
     assert padded[True] < padded[False]
