@@ -106,7 +106,7 @@ SETTINGS = (("greedy", dict(greedy=True)), ("T=0.7", dict(temperature=0.7, top_p
 
 
 def evaluate(method: str, model_dir: str, rows: list[dict], a) -> dict:
-    from trl_ssft.eval.cli import evaluate_model
+    from trl_ssft.eval.evaluate import evaluate_model
     from trl_ssft.eval.inference import load_ssft_model
 
     sm = load_ssft_model(model_dir, device="cpu")
@@ -246,7 +246,7 @@ def plot(results: dict, path: str, setting: str = "T=1.0") -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from trl_ssft.eval.cli import heatmap_matrix
+    from trl_ssft.eval.report import heatmap_matrix
 
     methods = sorted(results, key=lambda m: (METHODS.index(m.partition(":")[0]), m))
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.2), squeeze=False)

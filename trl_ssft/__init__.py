@@ -21,9 +21,9 @@ _LAZY = {
     "fork_prompt_ids": ("trl_ssft.eval.inference", "fork_prompt_ids"),
     "fork_prompt_strings": ("trl_ssft.eval.inference", "fork_prompt_strings"),
     "generate": ("trl_ssft.eval.inference", "generate"),
-    "extract_answer": ("trl_ssft.eval.inference", "extract_answer"),
+    "extract_answer": ("trl_ssft.eval.answers", "extract_answer"),
     "majority_vote": ("trl_ssft.eval.metrics", "majority_vote"),
-    "evaluate_model": ("trl_ssft.eval.cli", "evaluate_model"),
+    "evaluate_model": ("trl_ssft.eval.evaluate", "evaluate_model"),
 }
 
 __all__ = list(_LAZY)

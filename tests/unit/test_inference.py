@@ -1,4 +1,4 @@
-"""Inference helpers and the eval CLI on tiny local models (trl_ssft.eval.inference, trl_ssft.eval.cli)."""
+"""Inference helpers, answers and the eval CLI on tiny local models (trl_ssft.eval.inference, .answers, .cli)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from trl_ssft.eval import answers as ans  # noqa: E402
 from trl_ssft.eval import inference as inf  # noqa: E402
+from trl_ssft.eval import metrics as M  # noqa: E402
 from trl_ssft.demo.synthetic import corpus, make_rows  # noqa: E402
 from trl_ssft.demo.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from trl_ssft.data import encode_prompt  # noqa: E402
 from trl_ssft.tokens import prepare_fork_tokens  # noqa: E402
 
 NAMES = [f"<think{i}>" for i in range(1, 5)]
@@ -81,7 +84,7 @@ def test_self_chosen_token_is_argmax_of_unpadded_forward(tiny):
     assert probs.shape == (7, 4)
     assert torch.allclose(probs.sum(-1), torch.ones(7), atol=1e-5)
     for k, p in enumerate(prompts):  # reference: one unpadded forward per prompt
-        ids = torch.tensor([inf.encode_prompt(tok, p)])
+        ids = torch.tensor([encode_prompt(tok, p)])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, -1, fork_ids]
         assert torch.allclose(probs[k], torch.softmax(logits, -1), atol=1e-4)
@@ -101,30 +104,30 @@ def test_self_chosen_token_is_argmax_of_unpadded_forward(tiny):
     ("\\boxed{85} then broken \\boxed{1", "85"),
 ])
 def test_extract_boxed(text, expected):
-    assert inf.extract_answer(text) == expected
+    assert ans.extract_answer(text) == expected
 
 
 def test_extract_with_pattern_and_equality():
-    assert inf.extract_answer("Answer: 3. Final answer: 42", r"answer:\s*(\d+)") == "42"  # the last match
-    assert inf.extract_answer("Answer: 3. The end", r"answer:\s*(\d+)") is None
-    assert inf.extract_answer("Answer: 3. The end", r"(?i)answer:\s*(\d+)") == "3"
-    assert inf.extract_answer("the end 99", r"\d+") == "99"
-    assert inf.answers_equal("85", " 85. ", use_math_verify=False)
-    assert inf.answers_equal("1,000", "1000", use_math_verify=False)
-    assert inf.answers_equal("\\dfrac{1}{2}", "\\frac{1}{2}", use_math_verify=False)
-    assert inf.answers_equal("2.50", "2.5", use_math_verify=False)
-    assert not inf.answers_equal("85", "86", use_math_verify=False)
-    assert not inf.answers_equal("85", None)
-    if inf.math_verify_available():
-        assert inf.answers_equal("\\frac{1}{2}", "0.5", use_math_verify=True)
+    assert ans.extract_answer("Answer: 3. Final answer: 42", r"answer:\s*(\d+)") == "42"  # the last match
+    assert ans.extract_answer("Answer: 3. The end", r"answer:\s*(\d+)") is None
+    assert ans.extract_answer("Answer: 3. The end", r"(?i)answer:\s*(\d+)") == "3"
+    assert ans.extract_answer("the end 99", r"\d+") == "99"
+    assert ans.answers_equal("85", " 85. ", use_math_verify=False)
+    assert ans.answers_equal("1,000", "1000", use_math_verify=False)
+    assert ans.answers_equal("\\dfrac{1}{2}", "\\frac{1}{2}", use_math_verify=False)
+    assert ans.answers_equal("2.50", "2.5", use_math_verify=False)
+    assert not ans.answers_equal("85", "86", use_math_verify=False)
+    assert not ans.answers_equal("85", None)
+    if ans.math_verify_available():
+        assert ans.answers_equal("\\frac{1}{2}", "0.5", use_math_verify=True)
 
 
 def test_vote_over_extracted_answers():
     texts = ["\\boxed{5}", "\\boxed{7}", "\\boxed{7.0}", "nothing", "\\boxed{5}"]
-    answers = [inf.extract_answer(t) for t in texts]
+    answers = [ans.extract_answer(t) for t in texts]
     # 5 and 7/7.0 tie at two each under numeric equality; 5 is seen first
-    assert inf.majority_vote(answers, inf.make_equal(False)) == "5"
-    assert inf.majority_vote(answers[1:], inf.make_equal(False)) == "7"
+    assert M.majority_vote(answers, ans.make_equal(False)) == "5"
+    assert M.majority_vote(answers[1:], ans.make_equal(False)) == "7"
 
 
 # ---------------------------------------------------------------- eval CLI on a trained tiny model
@@ -187,8 +190,28 @@ def test_eval_cli_writes_json_and_png(trained, capsys):
     assert "Cons@4" in printed and "<think1>" in printed and "distinct modes per question" in printed
 
 
+def test_eval_cli_scoring_rule_flags_reach_the_report(trained, tmp_path, capsys):
+    from trl_ssft.eval.cli import main
+
+    out, data, _ = trained
+    path = str(tmp_path / "rules.json")
+    rc = main([out, data, "--output", path, "--greedy", "--max-new-tokens", "8", "--no-plot", "--no-progress",
+               "--missing-answers", "vote", "--extract", "fallback", "--cons-estimator", "first-k",
+               "--cons-k", "2,9", "--pass-k", "4,5", "--math-verify", "off", "--mode-classifier", "none"])
+    assert rc == 0
+    rep = json.load(open(path))
+    assert rep["rules"]["equality"] == "string" and rep["rules"]["missing_answers"] == "vote"
+    assert rep["rules"]["extraction"] == "fallback" and rep["rules"]["cons_estimator"] == "first-k"
+    assert rep["samples_per_question"] == 4  # greedy: one round of 4 tokens
+    assert rep["cons_at_k"]["9"] is None and rep["pass_at_k"]["5"] is None and rep["pass_at_k"]["4"] is not None
+    printed = capsys.readouterr().out
+    assert "rules: equality=string, missing answers=vote, extraction=fallback, Cons@k estimator=first-k" in printed
+    assert "Pass@5: n/a (k > 4 samples)" in printed
+
+
 def test_eval_prompt_answer_dataset_without_modes(trained, tmp_path):
-    from trl_ssft.eval.cli import evaluate_model, heatmap_matrix
+    from trl_ssft.eval.evaluate import evaluate_model
+    from trl_ssft.eval.report import heatmap_matrix
 
     out, _, _ = trained
     data = tmp_path / "qa.jsonl"

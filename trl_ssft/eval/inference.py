@@ -1,4 +1,4 @@
-"""Parallel inference with global forking tokens: per-token prompts, batched generation, answers, votes.
+"""Parallel inference with global forking tokens: loading, per-token prompts, batched generation, token choice.
 
 The sequence layout matches training: the prompt (chat template with the generation prompt for a
 message list, the raw string otherwise), then ONE forking token, then the model's continuation::
@@ -6,18 +6,17 @@ message list, the raw string otherwise), then ONE forking token, then the model'
     prompts = fork_prompt_ids(tok, [{"role": "user", "content": q}], ["<think1>", ..., "<thinkN>"])
     # N lists of ids; prompts[i][-1] == id of "<think{i+1}>"
     texts = generate(model, tok, prompts, temperature=0.7, top_p=0.95)   # N continuations
-    vote = majority_vote([extract_answer(t) for t in texts], equal=answers_equal)
+    vote = majority_vote([extract_answer(t) for t in texts], equal=make_equal())   # eval.metrics, eval.answers
 
 `fork_prompt_strings` gives the same prompts as text, for serving engines (vLLM etc.). A model
-trained with `ssft_fork_token_loss` can pick its own token: `choose_fork_token`.
+trained with `ssft_fork_token_loss` can pick its own token: `choose_fork_token`. Answers and their
+equality live in `trl_ssft.eval.answers`, votes and scores in `trl_ssft.eval.metrics`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +24,7 @@ import torch
 
 from ..data import encode_prompt, render_prompt
 from ..state import STATE_FILE, read_ssft_state  # noqa: F401  (read_ssft_state re-exported)
-from .metrics import majority_vote, vote_counts  # noqa: F401  (re-exported)
+from ..tokens import pad_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -55,29 +54,37 @@ def find_fork_tokens(tokenizer, template: str = "<think{i}>") -> list[str]:
     return out
 
 
-def load_ssft_model(path: str, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                    fork_tokens: Sequence[str] | None = None) -> SSFTModel:
-    """Load a saved SSFT model dir (full model, or a PEFT adapter dir with `adapter_config.json`).
-
-    The forking tokens come from `fork_tokens`, else from the dir's `ssft_state.json` (written by
-    the trainer), else from the tokenizer's `<think1>`, `<think2>`, ... The Pass@1 token defaults to
-    the state's `pass1_token` (the token matched to the most traces in training). The model is put
-    in eval mode on `device` (default: CUDA when available, else CPU).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_weights(path: str, device, dtype):
+    """The model of a full-model or PEFT adapter dir, in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM
 
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     kwargs = {} if dtype is None else {"dtype": dtype}
-    tokenizer = AutoTokenizer.from_pretrained(path)
     if os.path.exists(os.path.join(path, "adapter_config.json")):
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model.to(device).eval()
+    return model.to(device).eval()
+
+
+def load_ssft_model(path: str, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
+                    fork_tokens: Sequence[str] | None = None, load_model: bool = True) -> SSFTModel:
+    """Load a saved SSFT model dir (full model, or a PEFT adapter dir with `adapter_config.json`).
+
+    The forking tokens come from `fork_tokens`, else from the dir's `ssft_state.json` (written by
+    the trainer), else from the tokenizer's `<think1>`, `<think2>`, ... The Pass@1 token defaults to
+    the state's `pass1_token` (the token matched to the most traces in training). The model is put
+    in eval mode on `device` (default: CUDA when available, else CPU). ``load_model=False`` reads only
+    the tokenizer and the state (``model`` is None), e.g. for a serving engine that loads the weights.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = _load_weights(path, device, dtype) if load_model else None
     state = read_ssft_state(path)
     names = list(fork_tokens or state.get("fork_tokens") or find_fork_tokens(tokenizer))
     if not names:
@@ -167,7 +174,7 @@ def generate_ids(
     after each batch with the number of prompts done in it.
     """
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     eos = _eos_ids(model, tokenizer)
     greedy = greedy or temperature == 0
     if seed is not None:
@@ -207,7 +214,7 @@ def fork_token_probs(model, tokenizer, prompts: Sequence[Prompt], fork_tokens: S
     Meaningful for a model trained with `ssft_fork_token_loss` (otherwise close to uniform or arbitrary).
     """
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     ids_f = torch.tensor(fork_token_ids(tokenizer, fork_tokens))
     rows = [encode_prompt(tokenizer, p) for p in prompts]
     out = []
@@ -234,99 +241,3 @@ def choose_fork_token(model, tokenizer, prompts: Sequence[Prompt], fork_tokens: 
         gen = torch.Generator().manual_seed(seed)
         return torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
     raise ValueError(f"strategy must be 'argmax' or 'sample', got {strategy!r}")
-
-
-# ---------------------------------------------------------------- answers
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (nested braces allowed), or None. ``\\boxed 5`` also works."""
-    start = text.rfind("\\boxed")
-    while start != -1:
-        k = start + len("\\boxed")
-        while k < len(text) and text[k] == " ":
-            k += 1
-        if k < len(text) and text[k] == "{":
-            depth = 0
-            for e in range(k, len(text)):
-                if text[e] == "{":
-                    depth += 1
-                elif text[e] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[k + 1: e].strip()
-            # unbalanced: try an earlier \boxed
-        elif k > start + len("\\boxed"):
-            m = re.match(r"[^\s$]+", text[k:])
-            if m:
-                return m.group(0)
-        start = text.rfind("\\boxed", 0, start)
-    return None
-
-
-def extract_answer(text: str, pattern: str | re.Pattern | None = None) -> str | None:
-    """The final answer of a generated text: the last ``\\boxed{...}``, or the last match of `pattern`.
-
-    With a `pattern` (regex), its first group is returned when it has groups, else the whole match.
-    """
-    if pattern is None:
-        return extract_boxed(text)
-    matches = list(re.finditer(pattern, text))
-    if not matches:
-        return None
-    m = matches[-1]
-    return (m.group(1) if m.re.groups else m.group(0)).strip()
-
-
-_STRIP = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\displaystyle", "$"]
-
-
-def normalize_answer(s: str) -> str:
-    """Light normalisation for string equality: spaces, ``$``, ``\\left``/``\\right``, ``dfrac``,
-    ``\\text{...}`` wrappers, trailing period, and numbers written with commas or trailing zeros."""
-    s = str(s).strip()
-    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
-    for t in _STRIP:
-        s = s.replace(t, "")
-    s = s.replace("dfrac", "frac").replace("tfrac", "frac")
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    num = s.replace(",", "")
-    if re.fullmatch(r"[-+]?\d+(\.\d+)?", num):
-        num = num.lstrip("+")
-        if "." in num:
-            num = num.rstrip("0").rstrip(".")
-        return "0" if num in ("-0", "") else num
-    return s
-
-
-def math_verify_available() -> bool:
-    try:
-        import math_verify  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
-
-
-def answers_equal(gold: str | None, pred: str | None, use_math_verify: bool | None = None) -> bool:
-    """Whether `pred` equals `gold`: `math_verify` when installed (``use_math_verify=None``: auto),
-    normalised string equality (`normalize_answer`) otherwise, and as a fallback when it says no."""
-    if gold is None or pred is None:
-        return False
-    if normalize_answer(gold) == normalize_answer(pred):
-        return True
-    if use_math_verify is None:
-        use_math_verify = math_verify_available()
-    if use_math_verify:
-        from math_verify import parse, verify
-
-        try:
-            g = parse(f"${gold}$") or parse(gold)
-            p = parse(f"${pred}$") or parse(pred)
-            return bool(verify(g, p))
-        except Exception:  # math_verify raises on odd input
-            return False
-    return False
-
-
-def make_equal(use_math_verify: bool | None = None) -> Callable[[str, str], bool]:
-    """An equality function for `majority_vote` / metrics with the chosen `math_verify` setting."""
-    return lambda a, b: answers_equal(a, b, use_math_verify)

@@ -1,4 +1,4 @@
-"""Metrics of parallel generation with forking tokens (definitions as in METHOD.md).
+"""Metrics of parallel generation with forking tokens (definitions: METHOD.md and docs/metrics.md).
 
 Conventions: an evaluation holds, for Q questions, N forking tokens and R rounds, one sample per
 (question, token, round). Per-sample values are given as nested lists or numpy arrays of shape
@@ -11,9 +11,11 @@ Conventions: an evaluation holds, for Q questions, N forking tokens and R rounds
 Everything here is pure Python / numpy (no torch), and deterministic.
 
 Tie rule of every vote (`majority_vote`, `majority_label`): among the most frequent values, the one
-whose first occurrence comes first in the input order wins. ``None`` never wins (it is not a vote).
-In `cons_at_k` the input order is the round-robin order token 1, 2, ..., N of round 1, then of round
-2, ..., so a tie goes to the answer of the lowest-numbered token of the earliest round.
+whose first occurrence comes first in the input order wins. Missing answers (``None``) follow the
+``missing`` rule: ``"skip"`` (default) leaves them out of the vote; ``"vote"`` (the authors' code,
+lighteval, lm-evaluation-harness) counts them as one more answer class, which can win and then
+scores 0. In `cons_at_k` the input order is the round-robin order token 1, 2, ..., N of round 1,
+then of round 2, ..., so a tie goes to the answer of the lowest-numbered token of the earliest round.
 """
 
 from __future__ import annotations
@@ -26,34 +28,49 @@ import numpy as np
 Equal = Callable[[str, str], bool]
 
 UNRECOGNISED = (None, "other")
+MISSING_RULES = ("skip", "vote")
+CONS_ESTIMATORS = ("groups", "first-k")
 
 
 def _eq(a, b, equal: Equal | None) -> bool:
     return a == b if equal is None else bool(equal(a, b))
 
 
-def vote_counts(values: Sequence, equal: Equal | None = None) -> list[tuple[object, int]]:
+def _check_missing(missing: str) -> None:
+    if missing not in MISSING_RULES:
+        raise ValueError(f"missing must be one of {MISSING_RULES}, got {missing!r}")
+
+
+def vote_counts(values: Sequence, equal: Equal | None = None, missing: str = "skip") -> list[tuple[object, int]]:
     """Group `values` into classes of equal answers: ``[(representative, count), ...]`` in first-seen order.
 
     The representative of a class is its first member. `equal` defaults to ``==``; a math-aware
-    equality (e.g. `inference.answers_equal`) puts "1/2" and "0.5" in one class. ``None`` is skipped.
+    equality (e.g. `answers.answers_equal`) puts "1/2" and "0.5" in one class. ``None`` (no answer)
+    is skipped with ``missing="skip"``; with ``missing="vote"`` all ``None`` form one class.
     """
+    _check_missing(missing)
     classes: list[list] = []
     for v in values:
         if v is None:
-            continue
-        for c in classes:
-            if _eq(c[0], v, equal):
-                c[1] += 1
-                break
+            if missing == "skip":
+                continue
+            c = next((c for c in classes if c[0] is None), None)
         else:
+            c = next((c for c in classes if c[0] is not None and _eq(c[0], v, equal)), None)
+        if c is None:
             classes.append([v, 1])
+        else:
+            c[1] += 1
     return [(c[0], c[1]) for c in classes]
 
 
-def majority_vote(values: Sequence, equal: Equal | None = None):
-    """The most frequent non-None value of `values` (ties: first seen wins); None if all are None."""
-    counts = vote_counts(values, equal)
+def majority_vote(values: Sequence, equal: Equal | None = None, missing: str = "skip"):
+    """The most frequent value of `values` (ties: first seen wins); None if there is none.
+
+    ``missing="skip"``: ``None`` is not a vote. ``missing="vote"``: ``None`` is a vote and can win
+    (the result is then None: a missing answer, scored wrong).
+    """
+    counts = vote_counts(values, equal, missing)
     if not counts:
         return None
     best = max(c for _, c in counts)
@@ -79,6 +96,8 @@ def pass1(correct, token: int) -> float:
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased Pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k).
+
+    In an evaluation the n samples of a question pool all tokens and rounds (`pass_at_k_dataset`).
 
     k > n: the estimator is undefined (fewer samples than k). We return the value at k = n, i.e.
     1.0 if any sample is correct else 0.0: the empirical "at least one of all n samples is correct",
@@ -111,33 +130,51 @@ def _round_robin(values_q) -> list:
     return [arr[i, r] for r in range(arr.shape[1]) for i in range(arr.shape[0])]
 
 
-def cons_at_k(answers, gold: Sequence, k: int, equal: Equal | None = None) -> float:
+def _vote_scores(flat: list, g, k: int, equal: Equal | None, estimator: str, missing: str) -> list[bool]:
+    """Scores of the k-sample votes of one question's round-robin samples `flat` under `estimator`."""
+    if k < 1 or k > len(flat):
+        raise ValueError(f"k={k} must be between 1 and the number of samples per question ({len(flat)})")
+    if estimator == "groups":
+        starts = range(0, len(flat) - k + 1, k)
+    elif estimator == "first-k":
+        starts = range(1)
+    else:
+        raise ValueError(f"estimator must be one of {CONS_ESTIMATORS}, got {estimator!r}")
+    out = []
+    for s in starts:
+        v = majority_vote(flat[s: s + k], equal, missing)
+        out.append(v is not None and g is not None and _eq(g, v, equal))
+    return out
+
+
+def cons_at_k(answers, gold: Sequence, k: int, equal: Equal | None = None, estimator: str = "groups",
+              missing: str = "skip") -> float:
     """Cons@k: majority vote over k samples spread across tokens, scored against `gold`.
 
     For each question the N * R samples are laid out round-robin (tokens 1..N of round 1, then of
-    round 2, ...) and cut into floor(N * R / k) disjoint groups of k consecutive samples; each group
-    votes (`majority_vote`), the vote is correct when it equals the gold answer, and the result is the
-    mean over groups and questions. With k = N each group is one round with one sample per token
-    (native Cons@N). k > N * R raises ValueError. answers: [Q, N, R]; gold: [Q].
+    round 2, ...). ``estimator="groups"`` (default) cuts them into floor(N * R / k) disjoint groups of
+    k consecutive samples, each group votes, and the result is the mean over groups and questions
+    (with k = N each group is one round with one sample per token: native Cons@N). ``"first-k"``
+    votes once over the first k samples (the paper's Cons@32, the authors' ``maj@32``; their order is
+    token-major, ours interleaved). A vote is correct when it equals the gold answer; `missing`
+    (``skip`` / ``vote``) is the rule for samples without an answer (`majority_vote`).
+    k > N * R raises ValueError. answers: [Q, N, R]; gold: [Q].
     """
-    scores = []
+    _check_missing(missing)
+    scores: list[bool] = []
     for q, g in enumerate(gold):
-        flat = _round_robin(answers[q])
-        if k < 1 or k > len(flat):
-            raise ValueError(f"k={k} must be between 1 and the number of samples per question ({len(flat)})")
-        for s in range(0, len(flat) - k + 1, k):
-            v = majority_vote(flat[s: s + k], equal)
-            scores.append(v is not None and g is not None and _eq(g, v, equal))
+        scores += _vote_scores(_round_robin(answers[q]), g, k, equal, estimator, missing)
     return float(np.mean(scores)) if scores else 0.0
 
 
-def cons_at_n(answers, gold: Sequence, equal: Equal | None = None) -> float:
+def cons_at_n(answers, gold: Sequence, equal: Equal | None = None, missing: str = "skip") -> float:
     """Native Cons@N: one sample per distinct token, vote, score; averaged over rounds and questions.
 
-    answers: [Q, N, R] (R rounds). Equals `cons_at_k` with k = N.
+    answers: [Q, N, R] (R rounds). Equals `cons_at_k` with k = N and the ``groups`` estimator (the
+    paper's Cons@6: 11 rounds of the 6 tokens, averaged).
     """
     n = np.asarray(answers, dtype=object).shape[1]
-    return cons_at_k(answers, gold, n, equal)
+    return cons_at_k(answers, gold, n, equal, "groups", missing)
 
 
 # ---------------------------------------------------------------- diversity and modes
@@ -149,6 +186,17 @@ def distinct_per_question(labels, ignore: Sequence = UNRECOGNISED) -> float:
     arr = np.asarray(labels, dtype=object)
     counts = [len({arr[q, i, r] for i in range(arr.shape[1]) if arr[q, i, r] not in ignore})
               for q in range(arr.shape[0]) for r in range(arr.shape[2])]
+    return float(np.mean(counts)) if counts else 0.0
+
+
+def distinct_answers_per_question(answers, equal: Equal | None = None) -> float:
+    """Mean number of answer classes among the N tokens' samples of one round, over questions and rounds.
+
+    Classes are those of the vote (`vote_counts` with `equal`): with a math-aware equality ``0.5`` and
+    ``\\frac12`` count once. Missing answers are not counted. answers: [Q, N, R] -> float.
+    """
+    arr = np.asarray(answers, dtype=object)
+    counts = [len(vote_counts(list(arr[q, :, r]), equal)) for q in range(arr.shape[0]) for r in range(arr.shape[2])]
     return float(np.mean(counts)) if counts else 0.0
 
 
