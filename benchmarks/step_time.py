@@ -233,9 +233,10 @@ def run_shape(args, shape):
             opts = dataclasses.replace(opts, logits_chunk_tokens=args.logits_chunk_tokens)
 
         def ssft_cost_matrices(prompts, traces):
+            fields = trainer.ssft_args
             costs, st = cost_matrices(
-                trainer.model, prompts, traces, trainer.fork_token_ids, match_tokens=trainer.ssft_args.ssft_match_tokens,
-                max_tokens=trainer.ssft_args.ssft_match_max_tokens, pad_token_id=trainer.ssft_pad_token_id,
+                trainer.model, prompts, traces, trainer.fork_token_ids, match_tokens=fields.ssft_match_tokens,
+                max_tokens=fields.ssft_match_max_tokens, pad_token_id=trainer.ssft_pad_token_id,
                 device=trainer.args.device, options=opts)
             for f in dataclasses.fields(st):
                 old, new = getattr(totals, f.name), getattr(st, f.name)

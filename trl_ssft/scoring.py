@@ -197,8 +197,8 @@ def _logits_nll_sums(logits: torch.Tensor, targets: torch.Tensor, max_bytes: int
     if step >= k:  # whole rows per slice
         rstep = rows if max_bytes is None else max(1, step // k)
         for r0 in range(0, rows, rstep):
-            nll = F.cross_entropy(logits[r0: r0 + rstep].float().reshape(-1, vocab), targets[r0: r0 + rstep].reshape(-1),
-                                  ignore_index=IGNORE_INDEX, reduction="none")
+            x, y = logits[r0: r0 + rstep].float().reshape(-1, vocab), targets[r0: r0 + rstep].reshape(-1)
+            nll = F.cross_entropy(x, y, ignore_index=IGNORE_INDEX, reduction="none")
             out[r0: r0 + rstep] = nll.view(-1, k).double().sum(-1)
         return out
     for r in range(rows):  # slices of positions within a row
