@@ -12,7 +12,9 @@ from axolotl.core.trainers.base import AxolotlTrainer
 
 from trl_ssft.collator import SSFTCollator
 from trl_ssft.data import TOKENIZED_COLUMNS
+from trl_ssft.checkpointing import AtomicCheckpointMixin
 from trl_ssft.set_loss import SSFTLossMixin
+from trl_ssft.tokens import fork_token_ids, pad_token_id
 
 from .args import ssft_settings
 
@@ -25,12 +27,11 @@ def SSFTAxolotlCollator(tokenizer=None, *, num_fork_tokens: int, assignment: str
     Axolotl's own padding arguments (`padding`, `pad_to_multiple_of`, `return_tensors`) are ignored: the
     collator keeps questions as prompt + trace lists, and the trainer pads the rows it builds.
     """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return SSFTCollator(pad_token_id=pad, num_fork_tokens=num_fork_tokens, assignment=assignment,
-                        fork_token_loss=fork_token_loss, max_traces_policy=max_traces_policy)
+    return SSFTCollator(pad_token_id=pad_token_id(tokenizer), num_fork_tokens=num_fork_tokens,
+                        assignment=assignment, fork_token_loss=fork_token_loss, max_traces_policy=max_traces_policy)
 
 
-class AxolotlSSFTTrainer(SSFTLossMixin, AxolotlTrainer):
+class AxolotlSSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, AxolotlTrainer):
     """Axolotl's trainer with the SSFT loss; the plugin calls `setup_ssft_from_axolotl(cfg)` after creation."""
 
     tag_names = ["axolotl", "ssft"]
@@ -43,12 +44,7 @@ class AxolotlSSFTTrainer(SSFTLossMixin, AxolotlTrainer):
         names = fork_token_names(settings)
         tok = self.processing_class
         tok = getattr(tok, "tokenizer", tok)
-        ids = tok.convert_tokens_to_ids(names)
-        unknown = [n for n, i in zip(names, ids) if i is None or i == tok.unk_token_id]
-        if unknown:
-            raise RuntimeError(f"SSFT: forking tokens {unknown} are missing from the trainer's tokenizer")
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.setup_ssft(settings, ids, names, pad)
+        self.setup_ssft(settings, fork_token_ids(tok, names), names, pad_token_id(tok))
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

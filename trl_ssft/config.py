@@ -1,117 +1,12 @@
-"""`SSFTConfig`: TRL's `SFTConfig` plus the `ssft_*` fields of Set Supervised Fine-Tuning."""
+"""`SSFTConfig`: TRL's `SFTConfig` plus the `ssft_*` fields of Set Supervised Fine-Tuning (`fields.py`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-ASSIGNMENTS = ("hungarian", "random", "fixed", "none")
-MAX_TRACES_POLICIES = ("error", "subsample")
-DUPLICATE_POLICIES = ("keep", "warn", "drop")
-LONG_TRACE_POLICIES = ("truncate", "drop")
-
-
-@dataclass
-class SSFTFields:
-    """The `ssft_*` options, shared verbatim by the TRL config and the Axolotl plugin's schema."""
-
-    ssft_num_fork_tokens: int = field(
-        default=6,
-        metadata={"help": "N, the number of global forking tokens. The paper uses 6."},
-    )
-    ssft_fork_token_template: str = field(
-        default="<think{i}>",
-        metadata={
-            "help": "Name of forking token i (1-based) as a format string with `{i}`. Names already in the "
-            "tokenizer are reused with their trained embeddings; missing ones are added as special tokens."
-        },
-    )
-    ssft_assignment: str = field(
-        default="hungarian",
-        metadata={
-            "help": "How traces get forking tokens each step. `hungarian`: SSFT, minimum-cost bipartite matching "
-            "(the method). `random`: random distinct tokens each step (the paper's ablation). `fixed`: trace j "
-            "always gets token j. `none`: SFT-mixed, the traces as separate examples with no forking token."
-        },
-    )
-    ssft_match_tokens: int | None = field(
-        default=1000,
-        metadata={
-            "help": "T: only the first T tokens of each trace enter the matching cost (the paper uses 1000). "
-            "`None` scores whole traces. The training loss always uses the full trace."
-        },
-    )
-    ssft_max_traces_policy: str = field(
-        default="error",
-        metadata={
-            "help": "What to do with a row that has more traces than forking tokens (M > N). `error`: stop with "
-            "an error naming the row. `subsample`: train on a random subset of N traces, redrawn each step."
-        },
-    )
-    ssft_fork_token_loss: bool = field(
-        default=False,
-        metadata={
-            "help": "Also train the prediction of the forking token itself after the prompt (off in the paper's "
-            "loss). On, the model learns p(token | prompt) and can choose its own token at inference."
-        },
-    )
-    ssft_match_max_tokens: int = field(
-        default=16384,
-        metadata={
-            "help": "Memory budget of the no-gradient matching pass, in tokens per forward call (rows x padded "
-            "length). The N x M scoring rows of a micro-batch are split into chunks within this budget."
-        },
-    )
-    ssft_match_max_memory_mb: int | None = field(
-        default=None,
-        metadata={
-            "help": "Optional memory budget of one matching forward call, in MiB, by a model-aware estimate of "
-            "activations, key/value cache and logits (`trl_ssft.scoring.estimate_bytes`). Applied on top of "
-            "`ssft_match_max_tokens`. Exact: it only changes how the scoring rows are split into chunks."
-        },
-    )
-    ssft_match_share_prompt: bool = field(
-        default=True,
-        metadata={
-            "help": "Compute each question's prompt once in the matching pass and share it across its N x M "
-            "(forking token, trace) rows through the key/value cache. Exact; used only for models whose layers "
-            "are all full attention (others fall back to the uncached pass). Turn off to compare or debug."
-        },
-    )
-    ssft_fork_init_noise: float = field(
-        default=0.1,
-        metadata={
-            "help": "New forking-token embeddings start at the mean of the existing rows plus Gaussian noise of "
-            "this many per-dimension standard deviations, so the tokens are near the mean but distinct. 1.0 "
-            "starts them as far apart as ordinary vocabulary rows (docs/mode_preservation.md compares both)."
-        },
-    )
-    ssft_duplicate_traces: str = field(
-        default="warn",
-        metadata={
-            "help": "Identical traces within one row: `keep` them silently, `warn` (keep, counted and reported) or "
-            "`drop` the repeats."
-        },
-    )
-    ssft_long_traces: str = field(
-        default="truncate",
-        metadata={
-            "help": "A trace that does not fit `max_length` after its prompt and forking token: `truncate` it "
-            "(its end token is lost) or `drop` it. Counted and reported before training."
-        },
-    )
-    ssft_seed: int | None = field(
-        default=None,
-        metadata={
-            "help": "Seed of the `random` assignment and of trace subsampling (default: the training seed). A "
-            "`random` draw depends only on this seed, the step and the question, so it is the same on every "
-            "process; subsampling (M > N) draws from a stream seeded with it."
-        },
-    )
-
-
-SSFT_FIELD_NAMES = tuple(f.name for f in fields(SSFTFields))
+from .fields import SSFT_FIELD_NAMES, SSFTFields, fork_token_names, validate_ssft_fields  # noqa: F401
 
 
 @dataclass
@@ -131,39 +26,3 @@ class SSFTConfig(SSFTFields, SFTConfig):
     def __post_init__(self):
         super().__post_init__()
         validate_ssft_fields(self)
-
-
-def validate_ssft_fields(cfg) -> None:
-    """Raise `ValueError` for `ssft_*` values that cannot work (shared by both front ends)."""
-    n = cfg.ssft_num_fork_tokens
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"ssft_num_fork_tokens must be a positive integer, got {n!r}")
-    tmpl = cfg.ssft_fork_token_template
-    if "{i}" not in tmpl:
-        raise ValueError(f"ssft_fork_token_template must contain '{{i}}', got {tmpl!r}")
-    if cfg.ssft_assignment not in ASSIGNMENTS:
-        raise ValueError(f"ssft_assignment must be one of {ASSIGNMENTS}, got {cfg.ssft_assignment!r}")
-    if cfg.ssft_match_tokens is not None and cfg.ssft_match_tokens < 1:
-        raise ValueError(f"ssft_match_tokens must be >= 1 or None, got {cfg.ssft_match_tokens!r}")
-    if cfg.ssft_max_traces_policy not in MAX_TRACES_POLICIES:
-        raise ValueError(
-            f"ssft_max_traces_policy must be one of {MAX_TRACES_POLICIES}, got {cfg.ssft_max_traces_policy!r}"
-        )
-    if cfg.ssft_duplicate_traces not in DUPLICATE_POLICIES:
-        raise ValueError(
-            f"ssft_duplicate_traces must be one of {DUPLICATE_POLICIES}, got {cfg.ssft_duplicate_traces!r}"
-        )
-    if cfg.ssft_long_traces not in LONG_TRACE_POLICIES:
-        raise ValueError(f"ssft_long_traces must be one of {LONG_TRACE_POLICIES}, got {cfg.ssft_long_traces!r}")
-    if cfg.ssft_match_max_tokens < 1:
-        raise ValueError(f"ssft_match_max_tokens must be >= 1, got {cfg.ssft_match_max_tokens!r}")
-    mem = getattr(cfg, "ssft_match_max_memory_mb", None)
-    if mem is not None and mem < 1:
-        raise ValueError(f"ssft_match_max_memory_mb must be >= 1 or None, got {mem!r}")
-    if cfg.ssft_fork_init_noise < 0:
-        raise ValueError(f"ssft_fork_init_noise must be >= 0, got {cfg.ssft_fork_init_noise!r}")
-
-
-def fork_token_names(cfg) -> list[str]:
-    """The N forking-token strings, `<think1>` ... `<thinkN>` by default."""
-    return [cfg.ssft_fork_token_template.format(i=i) for i in range(1, cfg.ssft_num_fork_tokens + 1)]

@@ -9,6 +9,7 @@ from trl import SFTTrainer
 from .collator import SSFTCollator
 from .config import SSFTConfig, fork_token_names
 from .data import TOKENIZED_COLUMNS, prepare_ssft_dataset
+from .checkpointing import AtomicCheckpointMixin
 from .set_loss import SSFTLossMixin
 from .tokens import add_trainable_tokens_to_peft_config, prepare_fork_tokens
 
@@ -36,7 +37,7 @@ def load_model_and_tokenizer(model_id: str, args, quantization_config=None):
     return model, tokenizer
 
 
-class SSFTTrainer(SSFTLossMixin, SFTTrainer):
+class SSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, SFTTrainer):
     """Set Supervised Fine-Tuning with global forking tokens, on top of `trl.SFTTrainer`.
 
     Args:

@@ -1,0 +1,124 @@
+"""The matched rows of the set loss: built per micro-batch, run in token-budgeted slices, and scored
+through the output module in chunks, so neither ``[rows, L, V]`` logits nor M traces' activations
+need to exist at once.
+
+A row is ``[prompt, fork_sigma(j), trace_j]`` (``[prompt, trace_j]`` without forking tokens), labels on
+the trace (and on the forking token when it is trained). The loss of a micro-batch is
+``sum of token NLL / denom`` (denom: the loss tokens of the whole gradient-accumulation window), the
+same number whether the rows run in one forward or in slices.
+
+Slices (`sliced_set_loss`): every slice but the last is forwarded and back-propagated at once (the
+caller's `backward`, e.g. ``accelerator.backward`` under ``no_sync``), so its activations are freed
+before the next slice; the last slice's loss is returned with its graph for the trainer's own backward
+(the one that synchronises gradients under DDP). Under several processes the number of slices is
+made equal on every rank (a max over ranks, then zero-weighted repeats of a real row), so FSDP / ZeRO-3
+see the same forward and backward calls everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .distributed import is_distributed, max_over_ranks
+from .output_head import IGNORE_INDEX, OutputHead, chunked_nll_sum, shifted_targets
+
+
+def build_rows(prompts: Sequence[list[int]], traces: Sequence[list[list[int]]],
+               assignments: Sequence, fork_ids: Sequence[int], fork_loss: bool, pad_id: int,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input_ids, attention_mask, labels ``[sum_b M_b, S]`` of the matched sequences.
+
+    assignments[b]: token index per trace ([M_b]) or None (no forking token).
+    """
+    seqs, labs = [], []
+    for p, ts, a in zip(prompts, traces, assignments):
+        for j, t in enumerate(ts):
+            if a is None:
+                seqs.append(p + t)
+                labs.append([IGNORE_INDEX] * len(p) + t)
+            else:
+                fid = fork_ids[int(a[j])]
+                seqs.append(p + [fid] + t)
+                labs.append([IGNORE_INDEX] * len(p) + [fid if fork_loss else IGNORE_INDEX] + t)
+    s = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), s), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), s), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(seqs), s), dtype=torch.long)
+    for r, (x, y) in enumerate(zip(seqs, labs)):
+        ids[r, : len(x)] = torch.tensor(x)
+        labels[r, : len(y)] = torch.tensor(y)
+        mask[r, : len(x)] = 1
+    return ids, mask, labels
+
+
+def loss_tokens(traces: Sequence[list[list[int]]], fork_loss: bool, uses_tokens: bool) -> int:
+    """Tokens that carry loss: trace tokens (+ one per trace for the forking token when it is trained)."""
+    extra = 1 if (fork_loss and uses_tokens) else 0
+    return sum(len(t) + extra for ts in traces for t in ts)
+
+
+def plan_slices(lengths: Sequence[int], budget: int | None) -> list[list[int]]:
+    """Row indices per slice, longest rows first, each slice with rows x longest <= `budget` (>= 1 row).
+
+    `budget` None: the longest row, so a slice holds one long row or several short ones.
+    """
+    order = sorted(range(len(lengths)), key=lambda r: -lengths[r])
+    budget = max(lengths) if budget is None else budget
+    slices: list[list[int]] = []
+    for r in order:
+        if slices and (len(slices[-1]) + 1) * lengths[slices[-1][0]] <= budget:
+            slices[-1].append(r)
+        else:
+            slices.append([r])
+    return slices
+
+
+def rows_nll_sum(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, mask: torch.Tensor,
+                 labels: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """Sum of next-token NLL over the labelled positions of rows ``ids/mask/labels [R, S]`` (scalar, fp32).
+
+    One forward of `model` (which may be a DDP/FSDP wrapper around `head`'s model); logits are built
+    for at most `chunk_tokens` positions at a time, inside that forward.
+    """
+    pos, targets = shifted_targets(labels)
+    out: dict[str, torch.Tensor] = {}
+
+    def on_hidden(hidden: torch.Tensor) -> None:  # [R, S, H], inside the model's forward
+        out["sum"] = chunked_nll_sum(head, hidden[pos], targets, chunk_tokens)
+
+    with head.intercept(on_hidden):
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    return out["sum"]
+
+
+def sliced_set_loss(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, mask: torch.Tensor,
+                    labels: torch.Tensor, *, denom: float | torch.Tensor, slice_tokens: int | None, chunk_tokens: int,
+                    scale: float = 1.0, backward: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """``sum NLL / denom * scale`` of rows ``[R, S]`` (on the model's device), run in slices of `slice_tokens`.
+
+    With `backward`, each slice but the last is back-propagated by it at once; the returned scalar is the
+    last slice's loss (with its graph) plus the detached losses of the others, so its value is the loss of
+    all rows and its backward adds the last slice's gradients. Without `backward` (evaluation, no grad) the
+    slices are summed. `slice_tokens` None: the longest row per slice (`plan_slices`).
+    """
+    lengths = mask.sum(-1).tolist()
+    slices = plan_slices(lengths, slice_tokens)
+    n = max_over_ranks(len(slices), ids.device) if is_distributed() else len(slices)
+    shortest = [min(range(len(lengths)), key=lambda r: lengths[r])]
+    plan = [(s, 1.0) for s in slices] + [(shortest, 0.0)] * (n - len(slices))  # zero-weighted repeats
+    done = torch.zeros((), dtype=torch.float32, device=ids.device)
+    for k, (rows, weight) in enumerate(plan):
+        width = max(lengths[r] for r in rows)
+        idx = torch.tensor(rows, device=ids.device)
+        sub = [x.index_select(0, idx)[:, :width] for x in (ids, mask, labels)]
+        loss = rows_nll_sum(model, head, *sub, chunk_tokens) / denom
+        if scale != 1.0 or weight != 1.0:
+            loss = loss * (scale * weight)
+        if k == len(plan) - 1:
+            return loss + done
+        if backward is not None:
+            backward(loss)
+        done = done + loss.detach()
+    raise AssertionError("unreachable: a micro-batch has at least one row")
