@@ -12,6 +12,7 @@ Equality (`answers_equal`): normalised strings (`normalize_answer`) or equal pla
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from fractions import Fraction
@@ -218,15 +219,21 @@ def answers_equal(gold: str | None, pred: str | None, use_math_verify: bool | No
     if use_math_verify is None:
         use_math_verify = math_verify_available()
     if use_math_verify:
-        from math_verify import parse, verify
+        from math_verify import verify
 
         try:
-            g = parse(f"${gold}$") or parse(gold)
-            p = parse(f"${pred}$") or parse(pred)
-            return bool(verify(g, p))
+            return bool(verify(_mv_parse(gold), _mv_parse(pred)))
         except Exception:  # math_verify raises on odd input
             return False
     return False
+
+
+@functools.lru_cache(maxsize=8192)
+def _mv_parse(s: str):
+    """`math_verify.parse` of an answer (as ``$...$`` first, raw otherwise), cached: votes compare pairs."""
+    from math_verify import parse
+
+    return parse(f"${s}$") or parse(s)
 
 
 def make_equal(use_math_verify: bool | None = None, choices: str | None = None) -> Callable[[str, str], bool]:
