@@ -8,6 +8,7 @@ one engine; HF runs here. Skipped only where vLLM is not installed (the `vllm` t
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -105,7 +106,15 @@ def prompts(models, rows):
 
 
 @pytest.fixture(scope="module")
-def vllm_out(models, prompts, tmp_path_factory):
+def eval_data(rows, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("vllm_data") / "questions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def vllm_out(models, prompts, eval_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("vllm_run")
     ids = prompts["ids"]
     sample = dict(n=N_SAMPLES, temperature=1.0, top_p=0.95, max_new_tokens=MAX_NEW, greedy=False)
     greedy = dict(n=2, temperature=0.7, top_p=0.95, max_new_tokens=MAX_NEW, seed=0, greedy=True)
@@ -117,18 +126,23 @@ def vllm_out(models, prompts, tmp_path_factory):
         {"name": "full_s0_prefix", "model": models["full"], "prompts": ids[:3], "seed": 0, **sample},
         {"name": "full_s1", "model": models["full"], "prompts": ids, "seed": 1, **sample},
         {"name": "full_dupes", "model": models["full"], "prompts": [ids[0], ids[0]], "seed": 0, **sample},
+        # `trl-ssft eval --backend vllm` on the same engine
+        {"name": "cli_vllm", "cli": [models["full"], eval_data, "--backend", "vllm", "--greedy", "--max-new-tokens",
+                                     str(MAX_NEW), "--output", str(d / "vllm_report.json"), "--samples-out",
+                                     str(d / "vllm_samples.jsonl"), "--no-progress"]},
         # adapter with trained forking-token rows: merged, its own engine
         {"name": "adapter_greedy", "model": models["adapter"], "prompts": ids, **greedy},
         {"name": "adapter_native", "model": models["adapter"], "prompts": ids[:1], "lora": "native", **greedy},
         # plain LoRA on the full model: vLLM's LoRA (engine with enable_lora)
         {"name": "plain_greedy", "model": models["plain_lora"], "prompts": ids, **greedy},
     ]
-    d = tmp_path_factory.mktemp("vllm_run")
     spec, out = d / "spec.json", d / "out.json"
     spec.write_text(json.dumps({"jobs": jobs}))
     proc = run(["vllm_run.py", str(spec), str(out)], timeout=420)
     assert proc.returncode == 0 and out.exists(), proc.stdout[-6000:]
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    result["dir"] = str(d)
+    return result
 
 
 def _hf_greedy(model_dir: str, ids) -> list[list[int]]:
@@ -195,3 +209,24 @@ def test_engine_started_once_per_model(vllm_out):
     secs = vllm_out["seconds"]
     # the first job of a model pays the engine start; reuses are fast
     assert secs["full_s0_again"] < max(5.0, secs["full_greedy"]), secs
+
+
+def test_cli_backend_vllm_report_equals_hf(models, eval_data, vllm_out, tmp_path):
+    """`trl-ssft eval --backend vllm --greedy`: the same report, samples and heat map as the HF backend."""
+    from trl_ssft.eval.cli import main
+
+    d = vllm_out["dir"]
+    assert vllm_out["results"].get("cli_vllm") == 0, vllm_out["errors"]
+    assert main([models["full"], eval_data, "--backend", "hf", "--greedy", "--max-new-tokens", str(MAX_NEW),
+                 "--output", str(tmp_path / "hf_report.json"), "--samples-out", str(tmp_path / "hf_samples.jsonl"),
+                 "--no-progress"]) == 0
+    vr = json.load(open(os.path.join(d, "vllm_report.json")))
+    hr = json.load(open(tmp_path / "hf_report.json"))
+    assert vr["backend"] == "vllm" and hr["backend"] == "hf"
+    assert vr["plot"] and os.path.exists(vr["plot"])
+    for k in ("seconds", "backend", "plot"):
+        vr.pop(k, None), hr.pop(k, None)
+    assert vr == hr
+    vs = [json.loads(x) for x in open(os.path.join(d, "vllm_samples.jsonl"))]
+    hs = [json.loads(x) for x in open(tmp_path / "hf_samples.jsonl")]
+    assert vs == hs and len(vs) == 3 * len(vr["tokens"])

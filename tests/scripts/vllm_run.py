@@ -3,7 +3,8 @@
     python tests/scripts/vllm_run.py spec.json out.json
 
 spec.json: {"jobs": [{"name": ..., "model": dir, "prompts": [[ids]], "n": .., "temperature": ..,
-"top_p": .., "max_new_tokens": .., "seed": .., "greedy": .., "lora": "auto"}, ...]}. Jobs run in order,
+"top_p": .., "max_new_tokens": .., "seed": .., "greedy": .., "lora": "auto"} or {"name": ..., "cli": [args of
+`trl-ssft eval`]}, ...]} (a cli job's result is its exit status). Jobs run in order,
 reusing cached engines (one per served model). out.json: {"results": {name: [[ids]] per prompt},
 "routes": {model dir: [route, why]}, "engine_starts": int, "seconds": {name: s}, "errors": {name: msg}}.
 vLLM is driven in a subprocess so its engine (threads, torch.distributed state) never touches the
@@ -25,7 +26,18 @@ def main(spec_path: str, out_path: str) -> None:
     results, seconds, errors, routes = {}, {}, {}, {}
     for job in spec["jobs"]:
         job = dict(job)
-        name, model, prompts = job.pop("name"), job.pop("model"), job.pop("prompts")
+        name = job.pop("name")
+        if "cli" in job:  # `trl-ssft eval ARGS` in this process (reusing the cached engine)
+            from trl_ssft.eval.cli import main as eval_main
+
+            t = time.time()
+            try:
+                results[name] = eval_main(job["cli"])
+            except BaseException as e:  # SystemExit from argparse included
+                errors[name] = f"{type(e).__name__}: {e}"
+            seconds[name] = round(time.time() - t, 2)
+            continue
+        model, prompts = job.pop("model"), job.pop("prompts")
         if os.path.exists(os.path.join(model, "adapter_config.json")):
             routes[model] = list(vb.adapter_plan(model))
         else:
