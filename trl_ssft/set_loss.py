@@ -210,7 +210,7 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
 
         def backward(loss: torch.Tensor) -> None:
             if divide:
-                loss = loss / self.current_gradient_accumulation_steps
+                loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)
             with self.accelerator.no_sync(model) if multi else contextlib.nullcontext():
                 self.accelerator.backward(loss)
 
