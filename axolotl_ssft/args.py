@@ -96,6 +96,27 @@ def ssft_settings(cfg: Any):
     return SimpleNamespace(**values)
 
 
+PLUGIN_CLASS = "axolotl_ssft.plugin.SSFTPlugin"
+
+
+def plugin_listed(cfg: Any) -> bool:
+    """True when an `SSFTPlugin` (or a subclass) is registered for this config's `plugins:`.
+
+    Recognised by its qualified class name, so that the dataset strategy (`ssft.py`) need not import
+    `plugin.py`, which imports it (no import cycle).
+    """
+    try:
+        from axolotl.integrations.base import PluginManager
+    except ImportError:  # pragma: no cover
+        return False
+    plugins = PluginManager.get_instance().plugins
+    for name in cfg.get("plugins") or []:
+        classes = type(plugins.get(name)).__mro__
+        if any(f"{c.__module__}.{c.__qualname__}" == PLUGIN_CLASS for c in classes):
+            return True
+    return False
+
+
 def misspelt_keys(cfg: dict) -> list[str]:
     """Top-level keys that look like SSFT options but are not one (e.g. `ssft_num_fork_token`)."""
     bad = []

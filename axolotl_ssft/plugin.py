@@ -122,9 +122,11 @@ class SSFTPlugin(BasePlugin):
         for k in placeholders:
             cfg[k] = 1
         meta = axolotl_load_datasets(cfg=cfg)
+        from trl_ssft.tokens import fork_token_ids
+
         tokenizer = load_tokenizer(cfg)
         names = fork_names(cfg)
-        ids = tokenizer.convert_tokens_to_ids(names)
+        ids = fork_token_ids(tokenizer, names)
         settings = ssft_settings(cfg)
         train = finalize_dataset(meta.train_dataset, settings, ids, names, cfg.sequence_len, "train")
         eval_ds = finalize_dataset(meta.eval_dataset, settings, ids, names,
@@ -150,11 +152,11 @@ class SSFTPlugin(BasePlugin):
 
         from axolotl.loaders import load_tokenizer
 
-        from trl_ssft.tokens import add_trainable_tokens_to_peft_config, single_token_ids
+        from trl_ssft.tokens import add_trainable_tokens_to_peft_config, fork_token_ids
 
         tokenizer = load_tokenizer(cfg)
         names = fork_names(cfg)
-        ids = single_token_ids(tokenizer, names)
+        ids = fork_token_ids(tokenizer, names)
         new_ids = [i for n, i in zip(names, ids) if n not in _base_vocab(cfg)]
         seed = cfg.seed if cfg.seed is not None else 42
         _init_rows(model, new_ids, ssft_settings(cfg).ssft_fork_init_noise, seed)

@@ -22,18 +22,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from trl_ssft.data import (
-    DataReport,
-    SSFTDataError,
-    apply_trace_policies,
-    count_row,
-    row_from_columns,
-    tokenize_rows,
-    validate_row,
-    validate_tokenized_row,
-)
+from trl_ssft.converters import row_from_columns
+from trl_ssft.data import DataReport, SSFTDataError, finalize_tokenized, tokenize_rows, validate_row
 
-from .args import ssft_settings
+from .args import plugin_listed, ssft_settings
 
 LOG = logging.getLogger(__name__)
 
@@ -45,20 +37,8 @@ except ImportError:  # pragma: no cover
 TOKENIZED = ("prompt_ids", "trace_ids")
 
 
-def _plugin_listed(cfg: Any) -> bool:
-    """True when an `SSFTPlugin` is registered for this config (it must be, for the trainer and keys)."""
-    try:
-        from axolotl.integrations.base import PluginManager
-    except ImportError:  # pragma: no cover
-        return False
-    from .plugin import SSFTPlugin
-
-    plugins = PluginManager.get_instance().plugins
-    return any(isinstance(plugins.get(name), SSFTPlugin) for name in (cfg.get("plugins") or []))
-
-
 def map_columns(rows: list[dict], settings, name: str) -> tuple[list[dict], list[int]]:
-    """One-column-per-trace rows -> ssft rows (`trl_ssft.data.row_from_columns`), with source row numbers.
+    """One-column-per-trace rows -> ssft rows (`trl_ssft.converters.row_from_columns`), with source row numbers.
 
     Empty trace cells are skipped; a row left with no trace is dropped (and counted in the log).
     A string prompt becomes a chat [system?, user] conversation when `ssft_system_prompt` is set or
@@ -144,7 +124,7 @@ def _tokenize_keep_index(rows, index, tokenizer, name, report) -> dict[str, list
 
 def load(tokenizer, cfg, ds_cfg=None, processor=None) -> SSFTDatasetStrategy:
     """Axolotl entry point for `type: ssft` / `type: axolotl_ssft.ssft`."""
-    if not _plugin_listed(cfg):
+    if not plugin_listed(cfg):
         raise ValueError(
             f"dataset {(ds_cfg or {}).get('path')!r} has `type: {(ds_cfg or {}).get('type')}` but the SSFT plugin "
             "is not active: add `plugins: [axolotl_ssft.SSFTPlugin]` to the config (without it the ssft_* keys "
@@ -154,61 +134,42 @@ def load(tokenizer, cfg, ds_cfg=None, processor=None) -> SSFTDatasetStrategy:
 
 
 # ------------------------------------------------------------------ per-start checks (depend on N)
-def _where(ds_row: dict, k: int) -> tuple[int, str]:
-    return int(ds_row.get("ssft_row", k)), str(ds_row.get("ssft_source") or "train")
-
-
 def finalize_dataset(dataset, settings, fork_ids: list[int], fork_names: list[str], max_length: int | None,
                      split: str = "train"):
-    """Check a tokenized ssft dataset against this run's settings and apply the trace policies.
+    """`trl_ssft.data.finalize_tokenized` on a cached tokenized ssft dataset, with this run's settings.
 
-    Raises `SSFTDataError` (naming source dataset, row and field) for a forking-token id inside a prompt
-    or trace, and for M > N under `ssft_max_traces_policy: error` (not with `ssft_assignment: none`).
+    Raises `SSFTDataError` (naming the source dataset, row and field) for a forking-token id inside a
+    prompt or trace, and for M > N under `ssft_max_traces_policy: error` (not with `ssft_assignment: none`).
     Duplicates (`ssft_duplicate_traces`) and traces longer than `max_length - len(prompt) - 1`
-    (`ssft_long_traces`) are handled as configured. Returns the dataset (unchanged if nothing changed).
+    (`ssft_long_traces`) are handled as configured; prints the same summary as the TRL front end.
+    Returns the dataset (the same object if nothing changed), or None for None.
     """
-    from datasets import Dataset
-
     if dataset is None:
         return None
     missing = [c for c in TOKENIZED if c not in dataset.column_names]
     if missing:
         raise ValueError(f"{split} dataset has columns {dataset.column_names}: not an ssft dataset "
                          f"(missing {missing}); every dataset must be `type: ssft`")
-    report = DataReport(dataset=split)
-    changed = False
-    out: dict[str, list] = {c: [] for c in dataset.column_names}
-    for k, row in enumerate(dataset):
-        i, src = _where(row, k)
-        validate_tokenized_row(
-            row, i, fork_ids=fork_ids, fork_names=fork_names, num_fork_tokens=len(fork_ids),
-            max_traces_policy=settings.ssft_max_traces_policy, assignment=settings.ssft_assignment,
-            dataset=src, fields=("prompt", "traces"),
-        )
-        traces = row["trace_ids"]
-        kept = apply_trace_policies(
-            i, row["prompt_ids"], traces, max_length=max_length, duplicate_policy=settings.ssft_duplicate_traces,
-            long_policy=settings.ssft_long_traces, report=report, dataset=src,
-        )
-        changed = changed or kept != traces
-        if not count_row(report, kept):
-            continue
-        for c in dataset.column_names:
-            out[c].append(kept if c == "trace_ids" else row[c])
-    print(report.summary(), flush=True)
-    if report.duplicates and settings.ssft_duplicate_traces == "warn":
-        LOG.warning("%s: %d duplicate traces within rows (kept; set ssft_duplicate_traces: drop to remove them)",
-                    split, report.duplicates)
-    if not report.rows:
-        raise SSFTDataError(None, "traces", "no usable row is left after the trace policies.", "", split)
-    return Dataset.from_dict(out) if changed else dataset
+    out, _ = finalize_tokenized(
+        dataset, fork_ids=fork_ids, fork_names=fork_names, num_fork_tokens=len(fork_ids),
+        max_traces_policy=settings.ssft_max_traces_policy, assignment=settings.ssft_assignment,
+        duplicate_policy=settings.ssft_duplicate_traces, long_policy=settings.ssft_long_traces,
+        max_length=max_length, name=split, fields=("prompt", "traces"),
+    )
+    return out
 
 
 def supervised_tokens(dataset) -> tuple[int, int]:
-    """(all tokens, trace tokens) of a tokenized ssft dataset, one forking token per trace included."""
-    total = sup = 0
-    for p, ts in zip(dataset["prompt_ids"], dataset["trace_ids"]):
-        for t in ts:
-            total += len(p) + 1 + len(t)
-            sup += len(t)
-    return total, sup
+    """(all tokens, trace tokens) of a tokenized ssft dataset, one forking token per trace included.
+
+    Computed on the Arrow columns (``prompt_ids`` [P], ``trace_ids`` [M][L]), without Python row loops.
+    """
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")[:]
+    prompts = table.column("prompt_ids").combine_chunks()
+    traces = table.column("trace_ids").combine_chunks()
+    sup = len(traces.flatten().flatten())
+    m = pc.list_value_length(traces)
+    total = pc.sum(pc.multiply(m, pc.add(pc.list_value_length(prompts), 1))).as_py() or 0
+    return int(total) + sup, sup

@@ -13,7 +13,8 @@ trainer draws the N traces of each step (`SSFTLossMixin.ssft_select_traces`) fro
 step and the question, so the draw is the same on every process, with dataloader workers, and after a
 resume (a collator-side RNG would be restarted by both). `ssft_num_loss_tokens` counts every trace
 passed; the trainer recounts a micro-batch whose questions were subsampled. Under policy ``error``
-such a row raises here (`prepare_ssft_dataset` already refuses it, naming the row, before training).
+such a row raises here (`trl_ssft.checks.check_max_traces`; the data finaliser already refuses it, naming
+the row, before training).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .checks import check_max_traces
 
 
 @dataclass
@@ -33,12 +36,7 @@ class SSFTCollator:
 
     def _check_m(self, traces: list[list[int]]) -> list[list[int]]:
         """All traces pass (the trainer draws N per step under ``subsample``); M > N fails under ``error``."""
-        if (self.assignment != "none" and len(traces) > self.num_fork_tokens
-                and self.max_traces_policy != "subsample"):
-            raise ValueError(
-                f"a question has {len(traces)} traces but there are only {self.num_fork_tokens} forking tokens; "
-                "set ssft_max_traces_policy: subsample or raise ssft_num_fork_tokens"
-            )
+        check_max_traces(len(traces), self.num_fork_tokens, self.max_traces_policy, self.assignment)
         return traces
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:

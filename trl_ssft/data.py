@@ -1,4 +1,4 @@
-"""The "ssft" dataset format: validation with row/field errors, tokenization, converters.
+"""The "ssft" dataset format: tokenization, trace policies, the report, and the one tokenized-row finaliser.
 
 A row is one question::
 
@@ -9,7 +9,11 @@ A row is one question::
 
 Tokenized, a row becomes ``{"prompt_ids": [P], "trace_ids": [[L_1], ..., [L_M]]}`` where each trace
 ends with the end-of-turn (EOS) token. Tokenized rows do not depend on N or on the assignment mode:
-forking tokens are inserted when batches are built (see `loss.py`).
+forking tokens are inserted when batches are built (see `set_loss.py`).
+
+Row checks and the M > N rule live in `checks.py` (re-exported here); other layouts in `converters.py`.
+Both front ends end in `finalize_tokenized` (TRL: `prepare_ssft_dataset`; Axolotl:
+`axolotl_ssft.ssft.finalize_dataset`), so they check, count and print the same way.
 """
 
 from __future__ import annotations
@@ -20,21 +24,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import (  # noqa: F401  (public names of the data format, re-exported)
+    MAX_TRACES_FIX,
+    SSFTDataError,
+    check_max_traces,
+    more_traces_than_tokens,
+    validate_row,
+    validate_tokenized_row,
+)
+
 logger = logging.getLogger(__name__)
 
 TOKENIZED_COLUMNS = ("prompt_ids", "trace_ids")
-
-
-class SSFTDataError(ValueError):
-    """Bad input data. The message names the dataset, row and field, and says how to fix it."""
-
-    def __init__(self, row: int | None, field_name: str, problem: str, fix: str = "", dataset: str = "train"):
-        where = f"{dataset} dataset, row {row}" if row is not None else f"{dataset} dataset"
-        msg = f"SSFT data error in {where}, field '{field_name}': {problem}"
-        if fix:
-            msg += f" Fix: {fix}"
-        super().__init__(msg)
-        self.row, self.field, self.dataset = row, field_name, dataset
 
 
 @dataclass
@@ -53,8 +54,9 @@ class DataReport:
     traces_per_row: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
-        m = sorted(self.traces_per_row.elements())
-        m_str = f"M min/mean/max {m[0]}/{sum(m) / len(m):.2f}/{m[-1]}" if m else "M n/a"
+        m, rows = self.traces_per_row, sum(self.traces_per_row.values())
+        mean = sum(k * c for k, c in m.items()) / rows if rows else 0.0
+        m_str = f"M min/mean/max {min(m)}/{mean:.2f}/{max(m)}" if rows else "M n/a"
         return (
             f"SSFT data ({self.dataset}): {self.rows} rows, {self.traces} traces ({m_str}); "
             f"{self.truncated} traces truncated to max_length, {self.dropped_long} too-long traces dropped, "
@@ -63,160 +65,15 @@ class DataReport:
             f"{self.subsampled_rows} rows with more traces than forking tokens (subsampled each step)"
         )
 
+    def emit(self, duplicate_policy: str) -> None:
+        """Print the summary; warn about kept duplicates (``ssft_duplicate_traces: warn``)."""
+        print(self.summary(), flush=True)
+        self.warn_duplicates(duplicate_policy)
 
-_FORK_FIX = "remove it from the data or choose another ssft_fork_token_template."
-
-
-def _check_prompt(prompt: Any, row: int, dataset: str) -> None:
-    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-        raise SSFTDataError(row, "prompt", "missing or empty.", "give each row a non-empty prompt.", dataset)
-    if isinstance(prompt, str):
-        return
-    if not isinstance(prompt, (list, tuple)) or not prompt:
-        raise SSFTDataError(
-            row, "prompt", f"must be a string or a non-empty list of chat messages, got {_describe(prompt)}.",
-            "use a plain string, or [{'role': 'user', 'content': ...}].", dataset,
-        )
-    for k, msg in enumerate(prompt):
-        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-            raise SSFTDataError(
-                row, f"prompt[{k}]", f"each message must be a dict with 'role' and 'content', got {_describe(msg)}.",
-                "write messages as {'role': 'user', 'content': '...'}.", dataset,
-            )
-        if not isinstance(msg["role"], str) or not msg["role"].strip():
-            raise SSFTDataError(row, f"prompt[{k}].role", f"must be a non-empty string, got {_describe(msg['role'])}.",
-                                "use 'system', 'user' or 'assistant'.", dataset)
-        if not isinstance(msg["content"], str):
-            raise SSFTDataError(row, f"prompt[{k}].content",
-                                f"message content must be a string, got {_describe(msg['content'])}.",
-                                "give the message text as a string.", dataset)
-    last = len(prompt) - 1
-    if prompt[-1]["role"] != "user":
-        raise SSFTDataError(
-            row, "prompt", f"the last message has role {prompt[-1]['role']!r}; it must be a user turn.",
-            "end the prompt with the user's question; the assistant's answers belong in 'traces'.", dataset,
-        )
-    if not prompt[-1]["content"].strip():
-        raise SSFTDataError(row, f"prompt[{last}].content", "the user's question is empty.",
-                            "give each row a non-empty question.", dataset)
-
-
-def _describe(x: Any) -> str:
-    """Type and a short repr of a bad value, for error messages."""
-    r = repr(x)
-    return f"{type(x).__name__} {r[:60] + '...' if len(r) > 60 else r}"
-
-
-def validate_row(
-    row: dict,
-    index: int,
-    *,
-    num_fork_tokens: int | None = None,
-    max_traces_policy: str = "error",
-    fork_names: Sequence[str] = (),
-    dataset: str = "train",
-    assignment: str = "hungarian",
-) -> None:
-    """Raise `SSFTDataError` naming `index` and the field if `row` is not a valid ssft row.
-
-    M > N is an error only with ``max_traces_policy="error"`` and an assignment that uses tokens
-    (``assignment="none"``, SFT-mixed, has no forking token and accepts any M).
-    """
-    if not isinstance(row, dict):
-        raise SSFTDataError(index, "<row>", f"a row must be a mapping, got {_describe(row)}.",
-                            "give each row as {'prompt': ..., 'traces': [...]}.", dataset)
-    if "prompt" not in row:
-        raise SSFTDataError(index, "prompt", "missing.", "every row needs 'prompt' and 'traces'.", dataset)
-    _check_prompt(row["prompt"], index, dataset)
-    traces = row.get("traces")
-    if traces is None:
-        raise SSFTDataError(index, "traces", "missing.", "every row needs a list of trace strings.", dataset)
-    if isinstance(traces, str) or not isinstance(traces, (list, tuple)):
-        raise SSFTDataError(
-            index, "traces", f"must be a list of strings, got {_describe(traces)}.",
-            "wrap a single trace in a list: ['...'].", dataset,
-        )
-    if len(traces) == 0:
-        raise SSFTDataError(index, "traces", "is empty.", "give at least one trace per row, or drop the row.", dataset)
-    for j, t in enumerate(traces):
-        if not isinstance(t, str):
-            raise SSFTDataError(index, f"traces[{j}]", f"must be a string, got {_describe(t)}.",
-                                "give every trace as text.", dataset)
-        if not t.strip():
-            raise SSFTDataError(index, f"traces[{j}]", "is empty.", "remove empty traces.", dataset)
-    if (num_fork_tokens is not None and len(traces) > num_fork_tokens and max_traces_policy == "error"
-            and assignment != "none"):
-        raise SSFTDataError(
-            index, "traces",
-            f"has {len(traces)} traces but there are only {num_fork_tokens} forking tokens (M > N).",
-            "raise ssft_num_fork_tokens, remove traces, or set ssft_max_traces_policy: subsample.", dataset,
-        )
-    sources = row.get("trace_sources")
-    if sources is not None and (not isinstance(sources, (list, tuple)) or len(sources) != len(traces)):
-        raise SSFTDataError(
-            index, "trace_sources", f"must be a list with one label per trace ({len(traces)}), got {_describe(sources)}.",
-            "give one label per trace, or leave trace_sources out.", dataset,
-        )
-    texts = [("prompt", row["prompt"])] if isinstance(row["prompt"], str) else [
-        (f"prompt[{k}].content", m["content"]) for k, m in enumerate(row["prompt"])
-    ]
-    texts += [(f"traces[{j}]", t) for j, t in enumerate(traces)]
-    for name in fork_names:
-        for field_name, text in texts:
-            if name in text:
-                raise SSFTDataError(index, field_name, f"contains the forking-token text {name!r}.", _FORK_FIX, dataset)
-
-
-def validate_tokenized_row(
-    row: Any,
-    index: int,
-    *,
-    vocab_size: int | None = None,
-    fork_ids: Sequence[int] = (),
-    fork_names: Sequence[str] = (),
-    num_fork_tokens: int | None = None,
-    max_traces_policy: str = "error",
-    assignment: str = "hungarian",
-    dataset: str = "train",
-    fields: tuple[str, str] = ("prompt_ids", "trace_ids"),
-) -> None:
-    """`validate_row` for an already tokenized row ``{"prompt_ids": [int], "trace_ids": [[int], ...]}``.
-
-    `fields` are the names the errors give the prompt and the traces (Axolotl, whose users wrote
-    `prompt`/`traces` and never saw the token ids, passes ``("prompt", "traces")``).
-    """
-    prompt_field, traces_field = fields
-    fork_set = set(fork_ids)
-    if not isinstance(row, dict):
-        raise SSFTDataError(index, "<row>", f"a row must be a mapping, got {_describe(row)}.", "", dataset)
-
-    def ids(value, name: str, fix: str) -> None:
-        if not isinstance(value, (list, tuple)) or not value:
-            raise SSFTDataError(index, name, f"must be a non-empty list of token ids, got {_describe(value)}.", fix,
-                                dataset)
-        for t in value:
-            if isinstance(t, bool) or not isinstance(t, int):
-                raise SSFTDataError(index, name, f"contains {_describe(t)}, not a token id.", fix, dataset)
-            if t < 0 or (vocab_size is not None and t >= vocab_size):
-                raise SSFTDataError(index, name, f"contains token id {t}, outside the vocabulary [0, {vocab_size}).",
-                                    "tokenize with this model's tokenizer.", dataset)
-            if t in fork_set:
-                tok = fork_names[list(fork_ids).index(t)] if fork_names else t
-                raise SSFTDataError(index, name, f"contains the forking token {tok!r}.", _FORK_FIX, dataset)
-
-    ids(row.get("prompt_ids"), prompt_field, "give the tokenized prompt.")
-    traces = row.get("trace_ids")
-    if not isinstance(traces, (list, tuple)) or not traces:
-        raise SSFTDataError(index, traces_field, f"must be a non-empty list of token-id lists, got "
-                            f"{_describe(traces)}.", "give at least one tokenized trace per row.", dataset)
-    for j, t in enumerate(traces):
-        ids(t, f"{traces_field}[{j}]", "remove empty or malformed traces.")
-    if (num_fork_tokens is not None and len(traces) > num_fork_tokens and max_traces_policy == "error"
-            and assignment != "none"):
-        raise SSFTDataError(
-            index, traces_field, f"has {len(traces)} traces but there are only {num_fork_tokens} forking tokens (M > N).",
-            "raise ssft_num_fork_tokens, remove traces, or set ssft_max_traces_policy: subsample.", dataset,
-        )
+    def warn_duplicates(self, duplicate_policy: str) -> None:
+        if self.duplicates and duplicate_policy == "warn":
+            logger.warning("%s dataset: %d duplicate traces within rows (kept; set ssft_duplicate_traces: drop to "
+                           "remove them)", self.dataset, self.duplicates)
 
 
 def render_prompt(tokenizer, prompt: str | list[dict], index: int = 0, dataset: str = "train") -> str:
@@ -303,12 +160,6 @@ def count_row(report: DataReport, traces: list[list[int]]) -> bool:
     return True
 
 
-def _keep_row(out: list, report: DataReport, prompt_ids: list[int], traces: list[list[int]]) -> None:
-    """Append a tokenized row to `out` and count it, or count it as dropped when no trace is left."""
-    if count_row(report, traces):
-        out.append({"prompt_ids": prompt_ids, "trace_ids": traces})
-
-
 def tokenize_rows(
     rows: Sequence[dict],
     tokenizer,
@@ -338,33 +189,139 @@ def tokenize_rows(
             i, prompt_ids, trace_ids, max_length=max_length, duplicate_policy=duplicate_policy,
             long_policy=long_policy, report=report, dataset=dataset,
         )
-        _keep_row(out, report, prompt_ids, traces)
-    if report.duplicates and duplicate_policy == "warn":
-        logger.warning(
-            "%s dataset: %d duplicate traces within rows (kept; set ssft_duplicate_traces: drop to remove them)",
-            dataset, report.duplicates,
-        )
+        if count_row(report, traces):
+            out.append({"prompt_ids": prompt_ids, "trace_ids": traces})
+    report.warn_duplicates(duplicate_policy)
     return out
 
 
-def _fork_pairs(tokenizer, names: Sequence[str]) -> tuple[list[int], list[str]]:
-    """(ids, names) of the forking tokens already in `tokenizer` (names it does not know are skipped)."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    known = [n for n in names if n in vocab and vocab[n] != unk]
-    return [vocab[n] for n in known], known
+
+
+# ------------------------------------------------------------------ the one tokenized-row finaliser
+def finalize_tokenized(
+    dataset,
+    *,
+    fork_ids: Sequence[int],
+    fork_names: Sequence[str],
+    num_fork_tokens: int | None,
+    max_traces_policy: str,
+    assignment: str,
+    duplicate_policy: str,
+    long_policy: str,
+    max_length: int | None,
+    vocab_size: int | None = None,
+    name: str = "train",
+    fields: tuple[str, str] = TOKENIZED_COLUMNS,
+    num_proc: int | None = None,
+):
+    """Check tokenized rows against this run (N, vocabulary, forking ids, max_length); apply the policies.
+
+    `dataset`: a `datasets.Dataset` with ``prompt_ids`` [P] and ``trace_ids`` [M][L] integer columns
+    (other columns are kept; ``ssft_row`` / ``ssft_source``, when present, name a row's source in errors),
+    or a list of such row dicts (checked as Python rows when Arrow cannot hold them as integer lists).
+    Runs as a batched ``Dataset.map`` over Arrow batches (`trl_ssft.row_kernels`; `num_proc` processes, by
+    default `row_kernels.num_proc`: several only for a memory-mapped dataset above 50k rows). Raises
+    `SSFTDataError` naming dataset, row and field (`fields`: the names errors give the two columns) for
+    a bad or forking-token id, M > N under ``error`` (`check_max_traces`), or a prompt that leaves no
+    room within `max_length`. Prints the `DataReport` summary (and the duplicate warning). Returns ``(dataset, report)``: the input itself
+    when no trace changed, else the rows with traces left, truncated or dropped as configured.
+    """
+    import numpy as np
+
+    from . import row_kernels as rk
+
+    opts = dict(vocab_size=vocab_size, fork_ids=list(fork_ids), fork_names=list(fork_names), name=name,
+                n=num_fork_tokens, policy=max_traces_policy, assignment=assignment, fields=tuple(fields),
+                duplicate_policy=duplicate_policy, long_policy=long_policy, max_length=max_length)
+    dataset = _as_id_dataset(dataset, opts)
+    out, stats = rk.run(dataset, opts, raise_row_error, num_proc)
+    report = _report(stats, name, num_fork_tokens, assignment)
+    report.emit(duplicate_policy)
+    if not report.rows:
+        raise SSFTDataError(None, fields[1], "no usable row is left after the trace policies.",
+                            "check ssft_long_traces / ssft_duplicate_traces and max_length (Axolotl: sequence_len).",
+                            name)
+    if not (report.dropped_duplicates or report.dropped_long or report.truncated):
+        return dataset, report
+    out = out.remove_columns(list(rk.STATS))
+    return (out.select(np.flatnonzero(stats["ssft_kept"] > 0)) if report.dropped_rows else out), report
+
+
+def _report(stats: dict, name: str, n: int | None, assignment: str) -> DataReport:
+    """A `DataReport` from the per-row counts of `row_kernels.STATS` (numpy arrays, one entry per row)."""
+    import numpy as np
+
+    kept = stats["ssft_kept"]
+    report = DataReport(dataset=name, rows=int((kept > 0).sum()), traces=int(kept.sum()),
+                        dropped_rows=int((kept == 0).sum()), truncated=int(stats["ssft_truncated"].sum()),
+                        dropped_long=int(stats["ssft_dropped_long"].sum()),
+                        duplicates=int(stats["ssft_duplicates"].sum()),
+                        dropped_duplicates=int(stats["ssft_dropped_duplicates"].sum()),
+                        subsampled_rows=int(np.sum(more_traces_than_tokens(kept, n, assignment))))
+    report.traces_per_row.update({m: int(c) for m, c in enumerate(np.bincount(kept)) if m and c})
+    return report
+
+
+def _as_id_dataset(data, opts: dict):
+    """`data` (Dataset or list of row dicts) as a Dataset of integer id lists, or the first bad row's error."""
+    from datasets import Dataset
+
+    from .row_kernels import typed_as_ids
+
+    fields, name = opts["fields"], opts["name"]
+    if isinstance(data, list):
+        try:
+            if all(isinstance(r, dict) for r in data):
+                ds = Dataset.from_dict({c: [r.get(c) for r in data] for c in TOKENIZED_COLUMNS})
+                if typed_as_ids(ds):
+                    return ds
+        except (TypeError, ValueError, OverflowError, ArithmeticError):  # Arrow cannot hold the rows
+            pass
+    else:
+        missing = [c for c in TOKENIZED_COLUMNS if c not in data.column_names]
+        if missing:
+            raise SSFTDataError(None, "/".join(fields), f"the dataset has columns {data.column_names}, not "
+                                f"tokenized ssft rows (missing {missing}).", "give prompt_ids and trace_ids.", name)
+        if typed_as_ids(data):
+            return data
+    for k, row in enumerate(data):  # error path: name the first bad row
+        _check_row(row, k, opts)
+    raise SSFTDataError(None, "/".join(fields), "the columns are not lists of integer token ids.",
+                        "give integer token ids.", name)
+
+
+def _check_row(row: Any, k: int, opts: dict) -> None:
+    """`validate_tokenized_row` and the room check for one row (`k`: its index in the dataset)."""
+    src = (row.get("ssft_source") if isinstance(row, dict) else None) or opts["name"]
+    i = int(row["ssft_row"]) if isinstance(row, dict) and row.get("ssft_row") is not None else k
+    validate_tokenized_row(
+        row, i, vocab_size=opts["vocab_size"], fork_ids=opts["fork_ids"], fork_names=opts["fork_names"],
+        num_fork_tokens=opts["n"], max_traces_policy=opts["policy"], assignment=opts["assignment"], dataset=src,
+        fields=opts["fields"],
+    )
+    apply_trace_policies(i, row["prompt_ids"], row["trace_ids"], max_length=opts["max_length"],
+                         duplicate_policy="keep", long_policy="truncate", report=DataReport(), dataset=src)
+
+
+def raise_row_error(row: Any, k: int, opts: dict) -> None:
+    """Raise the `SSFTDataError` of a row that the batched checks flagged."""
+    _check_row(row, k, opts)
+    raise SSFTDataError(k, opts["fields"][1], "was flagged by the batched checks.", "report this as a bug.",
+                        opts["name"])
 
 
 def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: str = "train"):
-    """Validate every row of an ssft dataset, then tokenize it (columns: `TOKENIZED_COLUMNS`).
+    """The TRL front end: validate and tokenize ssft rows, then `finalize_tokenized` (columns: `TOKENIZED_COLUMNS`).
 
+    `dataset`: a `datasets.Dataset` or a list of row dicts, with ``prompt``/``traces`` (validated with
+    `validate_row`, tokenized with `tokenize_rows`) or already tokenized ``prompt_ids``/``trace_ids``.
     Raises `SSFTDataError` (naming dataset, row and field) on the first bad row, before any training,
-    and prints the `DataReport` summary. An already tokenized dataset (with `prompt_ids`/`trace_ids`)
-    is validated the same way (ids, M > N, forking tokens, length and duplicate policies).
+    and prints the `DataReport` summary. Returns a Dataset with ``prompt_ids`` [P] and ``trace_ids`` [M][L].
     """
     from datasets import Dataset, IterableDataset
 
     from .config import fork_token_names
+    from .tokens import fork_token_ids
 
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "column_names") and not isinstance(dataset, list):
         raise SSFTDataError(
@@ -372,109 +329,29 @@ def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: 
             "(streaming is not supported: every row is validated before training).",
             "load the data without streaming=True, or pass Dataset.from_list(rows).", name,
         )
-    rows = list(dataset) if isinstance(dataset, list) else None
-    columns = dataset.column_names if rows is None else sorted({k for r in rows if isinstance(r, dict) for k in r})
-    if rows is None:
-        rows = dataset.to_list()
-    fork_names = fork_token_names(cfg)
-    n_tokens = cfg.ssft_num_fork_tokens
+    is_list = isinstance(dataset, list)
+    columns = sorted({k for r in dataset if isinstance(r, dict) for k in r}) if is_list else dataset.column_names
+    names, n = fork_token_names(cfg), cfg.ssft_num_fork_tokens
     policy, assignment = cfg.ssft_max_traces_policy, cfg.ssft_assignment
-    report = DataReport(dataset=name)
-    if all(c in columns for c in TOKENIZED_COLUMNS):
-        fork_ids, known = _fork_pairs(tokenizer, fork_names)
-        tokenized = []
-        for i, row in enumerate(rows):
-            validate_tokenized_row(
-                row, i, vocab_size=len(tokenizer), fork_ids=fork_ids, fork_names=known, num_fork_tokens=n_tokens,
-                max_traces_policy=policy, assignment=assignment, dataset=name,
-            )
-            traces = apply_trace_policies(
-                i, list(row["prompt_ids"]), [list(t) for t in row["trace_ids"]], max_length=max_length,
-                duplicate_policy=cfg.ssft_duplicate_traces, long_policy=cfg.ssft_long_traces, report=report,
-                dataset=name,
-            )
-            _keep_row(tokenized, report, list(row["prompt_ids"]), traces)
-    else:
+    fields = TOKENIZED_COLUMNS
+    if not all(c in columns for c in TOKENIZED_COLUMNS):
         if "prompt" not in columns or "traces" not in columns:
             raise SSFTDataError(
                 None, "prompt/traces", f"the dataset has columns {columns}, not the ssft format.",
-                "give one row per question with 'prompt' and 'traces' (see trl_ssft.data.columns_to_ssft to "
+                "give one row per question with 'prompt' and 'traces' (see trl_ssft.columns_to_ssft to "
                 "convert one-column-per-teacher layouts).", name,
             )
+        rows = list(dataset) if is_list else dataset.to_list()
         for i, row in enumerate(rows):
-            validate_row(
-                row, i, num_fork_tokens=n_tokens, max_traces_policy=policy, fork_names=fork_names, dataset=name,
-                assignment=assignment,
-            )
-        tokenized = tokenize_rows(
-            rows, tokenizer, max_length=max_length, duplicate_policy=cfg.ssft_duplicate_traces,
-            long_policy=cfg.ssft_long_traces, dataset=name, report=report,
-        )
-    if assignment != "none":
-        report.subsampled_rows = sum(len(r["trace_ids"]) > n_tokens for r in tokenized)
-    print(report.summary(), flush=True)
-    if not tokenized:
-        raise SSFTDataError(None, "traces", "no usable row is left after filtering.",
-                            "check ssft_long_traces / ssft_duplicate_traces and max_length.", name)
-    return Dataset.from_list(tokenized)
-
-
-def row_from_columns(
-    row: dict,
-    prompt_column: str,
-    trace_columns: Sequence[str],
-    *,
-    system_prompt: str | None = None,
-    as_messages: bool = True,
-    skip_empty: bool = True,
-) -> dict | None:
-    """One row of a one-column-per-trace layout -> ``{"prompt", "traces", "trace_sources"}``.
-
-    Empty or missing trace cells are skipped when `skip_empty`; None when no trace is left. A string
-    question becomes a chat ``[system?, user]`` prompt when `as_messages`; a message list is kept.
-    """
-    cells = [(c, row.get(c)) for c in trace_columns]
-    if skip_empty:
-        cells = [(c, t) for c, t in cells if not (t is None or (isinstance(t, str) and not t.strip()))]
-    if not cells:
-        return None
-    prompt = row[prompt_column]
-    if as_messages and isinstance(prompt, str):
-        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        prompt = system + [{"role": "user", "content": prompt}]
-    return {"prompt": prompt, "traces": [t for _, t in cells], "trace_sources": [c for c, _ in cells]}
-
-
-def columns_to_ssft(
-    dataset,
-    prompt_column: str,
-    trace_columns: Sequence[str],
-    answer_column: str | None = None,
-    system_prompt: str | None = None,
-    as_messages: bool = True,
-    skip_empty: bool = True,
-):
-    """Convert a one-column-per-trace layout into the ssft format.
-
-    Example (s1K-1.1): ``columns_to_ssft(ds, "question", ["deepseek_thinking_trajectory",
-    "gemini_thinking_trajectory"], answer_column="solution")``. `trace_sources` is set to the column
-    names. Empty or missing trace cells are skipped when `skip_empty` (a row left with none is dropped).
-    """
-    missing = [c for c in [prompt_column, *trace_columns, *([answer_column] if answer_column else [])]
-               if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"columns_to_ssft: columns {missing} not in the dataset (has {dataset.column_names})")
-
-    def convert(batch):
-        out = {"prompt": [], "traces": [], "trace_sources": [], "answer": []}
-        for k in range(len(batch[prompt_column])):
-            row = row_from_columns({c: batch[c][k] for c in batch}, prompt_column, trace_columns,
-                                   system_prompt=system_prompt, as_messages=as_messages, skip_empty=skip_empty)
-            if row is None:
-                continue
-            for key, value in row.items():
-                out[key].append(value)
-            out["answer"].append(None if answer_column is None else str(batch[answer_column][k]))
-        return out
-
-    return dataset.map(convert, batched=True, remove_columns=dataset.column_names)
+            validate_row(row, i, num_fork_tokens=n, max_traces_policy=policy, fork_names=names, dataset=name,
+                         assignment=assignment)
+        tokenized = tokenize_rows(rows, tokenizer, max_length=None, duplicate_policy="keep", dataset=name)
+        dataset = Dataset.from_dict({c: [r[c] for r in tokenized] for c in TOKENIZED_COLUMNS})
+        fields = ("prompt", "traces")
+    known = [(i, t) for i, t in zip(fork_token_ids(tokenizer, names, missing="none"), names) if i is not None]
+    out, _ = finalize_tokenized(
+        dataset, fork_ids=[i for i, _ in known], fork_names=[t for _, t in known], num_fork_tokens=n,
+        max_traces_policy=policy, assignment=assignment, duplicate_policy=cfg.ssft_duplicate_traces,
+        long_policy=cfg.ssft_long_traces, max_length=max_length, vocab_size=len(tokenizer), name=name, fields=fields,
+    )
+    return out.select_columns(list(TOKENIZED_COLUMNS))

@@ -1,8 +1,9 @@
-"""Forking tokens: add or reuse them, initialise their embeddings, make their rows trainable under PEFT."""
+"""Forking tokens: names -> ids, add or reuse them, initialise their embeddings, PEFT trainable rows; the pad id."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -19,18 +20,39 @@ def add_fork_tokens(tokenizer, names: list[str]) -> tuple[list[int], list[str]]:
     new = [n for n in names if n not in vocab]
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
-    return single_token_ids(tokenizer, names), new
+    return fork_token_ids(tokenizer, names), new
 
 
-def single_token_ids(tokenizer, names: list[str]) -> list[int]:
-    """The id of each name; `ValueError` unless every name encodes to exactly that one token."""
-    ids = tokenizer.convert_tokens_to_ids(names)
-    for n, i in zip(names, ids):
-        enc = tokenizer(n, add_special_tokens=False)["input_ids"]
+def fork_token_ids(tokenizer, names: Sequence[str], *, missing: str = "error") -> list[int | None]:
+    """The id of each forking-token name: the one way names become ids (training, data checks, inference).
+
+    A name must be in the vocabulary and encode (without special tokens) to exactly its own id, else
+    `ValueError`. ``missing="none"`` gives None for a name not in the vocabulary yet (data checks run
+    before `prepare_fork_tokens` may have added it). Returns one entry per name, in order.
+    """
+    tok = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
+    vocab = tok.get_vocab()
+    ids: list[int | None] = []
+    for n in names:
+        i = vocab.get(n)
+        if i is None and missing == "none":
+            ids.append(None)
+            continue
+        enc = tok(n, add_special_tokens=False)["input_ids"]
         if i is None or enc != [i]:
-            raise ValueError(f"forking token {n!r} does not encode to a single token (got {enc}); "
-                             "choose another ssft_fork_token_template")
-    return list(ids)
+            raise ValueError(f"forking token {n!r} is not a single token of this tokenizer (id {i}, encodes to "
+                             f"{enc}); add it with prepare_fork_tokens or choose another ssft_fork_token_template")
+        ids.append(i)
+    return ids
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS token (`ValueError` if neither)."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+    return pad
 
 
 def embedding_sizes(model) -> int:

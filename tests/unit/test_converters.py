@@ -2,7 +2,8 @@
 
 from datasets import Dataset
 
-from trl_ssft.data import columns_to_ssft, validate_row
+from trl_ssft.converters import columns_to_ssft
+from trl_ssft.data import validate_row
 
 
 def test_one_column_per_teacher_to_ssft():
