@@ -37,11 +37,14 @@ MAX_TRACES_FIX = "raise ssft_num_fork_tokens, remove traces, or set ssft_max_tra
 
 
 def more_traces_than_tokens(m, n: int | None, assignment: str):
-    """M > N where it matters: an assignment that uses forking tokens (not ``none``, SFT-mixed).
+    """M > N where it matters: an assignment mode that uses forking tokens (`matching.uses_fork_tokens`;
+    not ``none``, SFT-mixed).
 
     `m` is an int or a numpy array of trace counts; returns a bool of the same shape.
     """
-    if n is None or assignment == "none":
+    from .matching import uses_fork_tokens  # the registry says which modes use tokens
+
+    if n is None or not uses_fork_tokens(assignment):
         return m > float("inf")  # all False, in the shape of m
     return m > n
 

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .checks import more_traces_than_tokens
+
 STATS = ("ssft_kept", "ssft_duplicates", "ssft_dropped_duplicates", "ssft_dropped_long", "ssft_truncated")
 
 
@@ -136,8 +138,8 @@ def finalise_batch(table: pa.Table, indices: list[int], opts: dict, on_bad) -> p
     p_len, m = lengths(prompts), lengths(traces)
     room = None if opts["max_length"] is None else opts["max_length"] - p_len - 1
     bad = bad_rows(prompts, traces, vocab_size=opts["vocab_size"], fork_ids=opts["fork_ids"])
-    if opts["n"] is not None and opts["assignment"] != "none" and opts["policy"] != "subsample":
-        bad |= m > opts["n"]  # M > N under `error` (`data.check_max_traces` words the error)
+    if opts["policy"] != "subsample":  # M > N under `error` (`checks.check_max_traces` words the error)
+        bad |= more_traces_than_tokens(m, opts["n"], opts["assignment"])
     if room is not None:
         bad |= room < 1
     if bad.any():
