@@ -17,6 +17,17 @@ the *real* output module (`OutputHead.project`), so:
 With grad (`chunked_nll_sum`) every chunk runs under activation checkpointing: its logits are freed
 after the forward and rebuilt chunk by chunk in the backward (as TRL's ``chunked_nll`` does), so the
 peak holds one chunk's logits, not ``rows x length``.
+
+Sharded parameters in that backward (FSDP2): the recompute calls the output module's forward directly,
+so its parameters must already be gathered. FSDP2 re-gathers a unit's parameters for the backward in a
+hook on the unit's forward *outputs* (ZeRO-3 has the same design; not tested here); a placeholder
+outside the graph never fires it, so with ``reshard_after_forward=True`` on the unit holding the output
+layer (Accelerate and Axolotl pass it to the root too), or the output layer as its own unit, the
+recompute met sharded ``DTensor`` weights ("aten.mm.default got mixed torch.Tensor and DTensor"). So
+the callback may return its differentiable result: the placeholder is then a zero that depends on it
+(`_ZeroLink`), the caller adds ``0 * logits`` to its loss (`zero_from`), and the backward reaches the
+callback's result only through those outputs, after their hooks have gathered the parameters. Values
+are unchanged (exact zeros). tests/e2e/test_fsdp.py runs both layouts.
 """
 
 from __future__ import annotations
@@ -34,6 +45,26 @@ IGNORE_INDEX = -100
 def _text_config(model):
     cfg = getattr(model, "config", None)
     return cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+
+
+class _ZeroLink(torch.autograd.Function):
+    """Zeros of `shape` that depend on `x` in the graph (zero gradient to `x`); see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        return like.new_zeros(shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return torch.zeros(ctx.x_shape, dtype=ctx.x_dtype, device=grad.device), None, None
+
+
+def zero_from(logits: torch.Tensor | None) -> torch.Tensor | float:
+    """``0 * logits.sum()``: a zero that puts the model's output (and the hooks on it) on the backward path."""
+    if logits is None or not logits.requires_grad:
+        return 0.0
+    return (logits * 0).sum().float()
 
 
 class OutputHead:
@@ -68,15 +99,22 @@ class OutputHead:
         return logits
 
     @contextlib.contextmanager
-    def intercept(self, fn: Callable[[torch.Tensor], None]) -> Iterator[None]:
-        """While active, the output module calls ``fn(hidden [rows, k, H])`` and returns a [rows, k, 1] placeholder."""
+    def intercept(self, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+        """While active, the output module calls ``fn(hidden [rows, k, H])`` and returns a [rows, k, 1] placeholder.
+
+        When `fn` returns a tensor that requires grad, the placeholder (zeros) depends on it: add
+        ``zero_from(outputs.logits)`` to the loss so the backward passes through the model's outputs.
+        """
         module = self.module
         had_own = "forward" in module.__dict__
         saved = module.__dict__.get("forward")
 
         def forward(hidden, *args, **kwargs):
-            fn(hidden)
-            return hidden.new_zeros(hidden.shape[:-1] + (1,))
+            result = fn(hidden)
+            shape = hidden.shape[:-1] + (1,)
+            if isinstance(result, torch.Tensor) and result.requires_grad:
+                return _ZeroLink.apply(result, hidden, shape)
+            return hidden.new_zeros(shape)
 
         module.forward = forward
         try:

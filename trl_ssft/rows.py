@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .distributed import is_distributed, max_over_ranks
-from .output_head import IGNORE_INDEX, OutputHead, chunked_nll_sum, shifted_targets
+from .output_head import IGNORE_INDEX, OutputHead, chunked_nll_sum, shifted_targets, zero_from
 
 
 def build_rows(prompts: Sequence[list[int]], traces: Sequence[list[list[int]]],
@@ -85,12 +85,15 @@ def rows_nll_sum(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, ma
     pos, targets = shifted_targets(labels)
     out: dict[str, torch.Tensor] = {}
 
-    def on_hidden(hidden: torch.Tensor) -> None:  # [R, S, H], inside the model's forward
+    def on_hidden(hidden: torch.Tensor) -> torch.Tensor:  # [R, S, H], inside the model's forward
         out["sum"] = chunked_nll_sum(head, hidden[pos], targets, chunk_tokens)
+        return out["sum"]
 
     with head.intercept(on_hidden):
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    return out["sum"]
+        outputs = model(input_ids=ids, attention_mask=mask, use_cache=False)
+    # + exact 0 whose backward passes through the model's output first: FSDP2 gathers the output module's
+    # parameters in hooks there, before the chunks' recompute needs them (output_head docstring)
+    return out["sum"] + zero_from(getattr(outputs, "logits", None))
 
 
 def sliced_set_loss(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, mask: torch.Tensor,
