@@ -68,8 +68,8 @@ def uses_fork_tokens(name: str) -> bool:
 def hungarian(cost: np.ndarray) -> np.ndarray:
     """Minimum-cost assignment of the M columns (traces) of `cost` [N, M] to distinct rows (tokens) -> [M]."""
     n, m = cost.shape
-    if m > n:
-        raise ValueError(f"cannot assign {m} traces to {n} forking tokens (M > N)")
+    if m > n:  # a shape precondition; the data rule for M > N is `checks.check_max_traces`
+        raise ValueError(f"hungarian needs a cost matrix with N >= M, got shape {cost.shape}")
     rows, cols = linear_sum_assignment(cost)
     assignment = np.empty(m, dtype=np.int64)
     assignment[cols] = rows
@@ -101,9 +101,10 @@ def _assign_none(cost, n, m, rng):
 def assign(cost: np.ndarray | None, mode: str, num_tokens: int, num_traces: int,
            rng: np.random.Generator | None = None) -> np.ndarray | None:
     """Token index per trace ([M] int array) for `mode`; `cost` [N, M] is needed only by cost-based modes."""
+    from .checks import check_max_traces
+
     rule = get_mode(mode)
-    if rule.uses_tokens and num_traces > num_tokens:
-        raise ValueError(f"cannot assign {num_traces} traces to {num_tokens} forking tokens (M > N)")
+    check_max_traces(num_traces, num_tokens, "error", mode)  # M > N: ValueError (the caller subsamples first)
     return rule.assign(cost, num_tokens, num_traces, rng if rng is not None else np.random.default_rng())
 
 

@@ -26,6 +26,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from .checks import check_max_traces, more_traces_than_tokens
 from .compat import disable_bnb_cpu_inference_repack
 from .distributed import all_reduce_sum, check_parallelism
 from .match_metrics import MatchMetricsMixin
@@ -102,9 +103,10 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
 
     # ---------------------------------------------------------------- M > N: traces of this step
     def _ssft_needs_selection(self, inputs) -> bool:
-        if self.ssft_args is None or not self.ssft_mode.uses_tokens:
+        if self.ssft_args is None:
             return False
-        return int((inputs["ssft_trace_len"] > 0).sum(-1).max()) > len(self.fork_token_ids)
+        m = int((inputs["ssft_trace_len"] > 0).sum(-1).max())
+        return bool(more_traces_than_tokens(m, len(self.fork_token_ids), self.ssft_args.ssft_assignment))
 
     def ssft_select_traces(self, prompts, traces) -> list:
         """The traces trained this step: all of them, or N drawn for a question with M > N (``subsample``).
@@ -112,15 +114,10 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
         The draw depends only on the seed, the global step and the question, so it is the same on every
         process, in the GA token count and in the loss, and after a resume from a checkpoint.
         """
-        n = len(self.fork_token_ids)
-        if not self.ssft_mode.uses_tokens or all(len(ts) <= n for ts in traces):
+        n, args = len(self.fork_token_ids), self.ssft_args
+        if not any([check_max_traces(len(ts), n, args.ssft_max_traces_policy, args.ssft_assignment)
+                    for ts in traces]):
             return traces
-        if self.ssft_args.ssft_max_traces_policy != "subsample":
-            m = max(len(ts) for ts in traces)
-            raise ValueError(
-                f"a question has {m} traces but there are only {n} forking tokens; "
-                "set ssft_max_traces_policy: subsample or raise ssft_num_fork_tokens"
-            )
         step, out = self._ssft_step(), []
         for p, ts in zip(prompts, traces):
             if len(ts) > n:

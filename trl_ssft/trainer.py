@@ -11,7 +11,7 @@ from .config import SSFTConfig, fork_token_names
 from .data import TOKENIZED_COLUMNS, prepare_ssft_dataset
 from .checkpointing import AtomicCheckpointMixin
 from .set_loss import SSFTLossMixin
-from .tokens import add_trainable_tokens_to_peft_config, prepare_fork_tokens
+from .tokens import add_trainable_tokens_to_peft_config, pad_token_id, prepare_fork_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ class SSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, SFTTrainer):
         names = fork_token_names(args)
         ids = prepare_fork_tokens(model, processing_class, names, noise=args.ssft_fork_init_noise, seed=args.seed)
         peft_config = add_trainable_tokens_to_peft_config(peft_config, model, ids)
-        pad_id = processing_class.pad_token_id
-        if pad_id is None:
-            pad_id = processing_class.eos_token_id
+        pad_id = pad_token_id(processing_class)
         if data_collator is None:
             data_collator = SSFTCollator(
                 pad_token_id=pad_id, num_fork_tokens=args.ssft_num_fork_tokens, assignment=args.ssft_assignment,
