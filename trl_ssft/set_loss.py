@@ -172,7 +172,7 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
         split = "train" if model.training else "eval"
         prompts, traces = self._unpack(inputs)
         traces = self.ssft_select_traces(prompts, traces)
-        assignments, stats = self.ssft_assignments(prompts, traces)
+        assignments, stats = self.ssft_assignments(prompts, traces, self.ssft_args.ssft_assignment)
         counts = np.zeros(len(self.fork_token_ids), dtype=np.int64)
         for a in assignments:
             if a is not None:
@@ -203,7 +203,9 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
         if not (torch.is_grad_enabled() and model.training):
             return None
         divide = num_items_in_batch is None  # the trainer divides the returned loss by the GA steps then
-        multi = self.accelerator.num_processes > 1
+        # DDP: accumulate locally, all-reduce once (the last slice). FSDP2: accelerate's no_sync would keep a
+        # full unsharded gradient on every rank until the last slice, so each slice reduce-scatters instead.
+        multi = self.accelerator.num_processes > 1 and not getattr(self.accelerator, "is_fsdp2", False)
 
         def backward(loss: torch.Tensor) -> None:
             if divide:
