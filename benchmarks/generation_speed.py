@@ -85,8 +85,13 @@ def main(argv=None) -> int:
     hf_greedy = generate_ids(sm.model, sm.tokenizer, prompts, max_new_tokens=m, greedy=True, batch_size=len(prompts))
     add("hf", "greedy", hf_greedy, time.perf_counter() - t)
 
+    t = time.perf_counter()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import vllm  # noqa: F401
+
     from trl_ssft.eval.vllm_backend import close_engines, generate_ids_vllm
 
+    imp = time.perf_counter() - t
     t = time.perf_counter()
     generate_ids_vllm(model_dir, prompts[:1], n=1, temperature=0.0, top_p=1.0, max_new_tokens=1, seed=0, greedy=True)
     start = time.perf_counter() - t
@@ -105,7 +110,8 @@ def main(argv=None) -> int:
     print(f"model: {model_dir if a.model else 'tiny qwen2 (hidden 128, 2 heads, head_dim 64, 2 layers)'}; "
           f"{len(prompts)} prompts ({a.questions} questions x {len(tokens)} forking tokens), max_new_tokens {m}, "
           f"torch threads {a.threads}")
-    print(f"vLLM engine start (first call, in-process): {start:.1f} s; greedy outputs equal to HF: "
+    print(f"import vllm: {imp:.1f} s; vLLM engine start (first call, in-process): {start:.1f} s; "
+          f"greedy outputs equal to HF: "
           f"{same}/{len(prompts)}")
     print()
     print("| backend | mode | sequences | new tokens | seconds | tokens/s | speed-up vs HF |")
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
               f"{r['tokens_per_s']} | {sp:.1f}x |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"rows": rows, "engine_start_s": round(start, 2), "greedy_equal": same,
+            json.dump({"rows": rows, "import_vllm_s": round(imp, 2), "engine_start_s": round(start, 2), "greedy_equal": same,
                        "prompts": len(prompts), "max_new_tokens": m, "threads": a.threads}, f, indent=1)
     return 0
 

@@ -244,8 +244,9 @@ def close_engines() -> None:
 
 
 # ---------------------------------------------------------------- generation
-def eos_ids(model_dir: str) -> list[int]:
-    """The EOS ids the HF backend stops at: the generation config's ``eos_token_id``(s) and the tokenizer's EOS."""
+def eos_ids(model_dir: str, tokenizer_dir: str | None = None) -> list[int]:
+    """The EOS ids the HF backend stops at: the model's generation config ``eos_token_id``(s) and the
+    tokenizer's EOS (the tokenizer from `tokenizer_dir`, e.g. an adapter dir, default `model_dir`)."""
     from transformers import AutoTokenizer, GenerationConfig
 
     ids = set()
@@ -257,7 +258,7 @@ def eos_ids(model_dir: str) -> list[int]:
         p = os.path.join(model_dir, "config.json")
         eos = _read_json(p).get("eos_token_id") if os.path.exists(p) else None
     ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    tok_eos = AutoTokenizer.from_pretrained(model_dir).eos_token_id
+    tok_eos = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir).eos_token_id
     if tok_eos is not None:
         ids.add(tok_eos)
     return sorted(int(i) for i in ids)
@@ -340,7 +341,7 @@ def generate_ids_vllm(
         bad = sorted({t for p in prompts for t in p if t >= vocab or t < 0})
         if bad:
             raise ValueError(f"prompt token ids {bad[:8]} are outside the served model's vocabulary ({vocab})")
-    stop = eos_ids(adapter or serve_dir)
+    stop = eos_ids(serve_dir, adapter)
     greedy = greedy or temperature == 0
     base = dict(max_tokens=max_new_tokens, stop_token_ids=stop, skip_special_tokens=False, detokenize=False)
     if greedy:
