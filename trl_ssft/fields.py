@@ -5,8 +5,15 @@ forking-token names. No trl import here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .matching import MODES
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with its help string (read by `TrlParser`, the Axolotl schema and the README test)."""
+    return field(default=default, metadata={"help": help})
+
 
 MAX_TRACES_POLICIES = ("error", "subsample")
 DUPLICATE_POLICIES = ("keep", "warn", "drop")
@@ -17,116 +24,88 @@ LONG_TRACE_POLICIES = ("truncate", "drop")
 class SSFTFields:
     """The `ssft_*` options, shared verbatim by the TRL config and the Axolotl plugin's schema."""
 
-    ssft_num_fork_tokens: int = field(
-        default=6,
-        metadata={"help": "N, the number of global forking tokens. The paper uses 6."},
+    ssft_num_fork_tokens: int = option(
+        6,
+        "N, the number of global forking tokens. The paper uses 6.",
     )
-    ssft_fork_token_template: str = field(
-        default="<think{i}>",
-        metadata={
-            "help": "Name of forking token i (1-based) as a format string with `{i}`. Names already in the "
-            "tokenizer are reused with their trained embeddings; missing ones are added as special tokens."
-        },
+    ssft_fork_token_template: str = option(
+        "<think{i}>",
+        "Name of forking token i (1-based) as a format string with `{i}`. Names already in the tokenizer "
+        "are reused with their trained embeddings; missing ones are added as special tokens.",
     )
-    ssft_assignment: str = field(
-        default="hungarian",
-        metadata={
-            "help": "How traces get forking tokens each step. `hungarian`: SSFT, minimum-cost bipartite matching "
-            "(the method). `random`: random distinct tokens each step (the paper's ablation). `fixed`: trace j "
-            "always gets token j. `none`: SFT-mixed, the traces as separate examples with no forking token."
-        },
+    ssft_assignment: str = option(
+        "hungarian",
+        "How traces get forking tokens each step. `hungarian`: SSFT, minimum-cost bipartite matching (the "
+        "method). `random`: random distinct tokens each step (the paper's ablation). `fixed`: trace j "
+        "always gets token j. `none`: SFT-mixed, the traces as separate examples with no forking token.",
     )
-    ssft_match_tokens: int | None = field(
-        default=1000,
-        metadata={
-            "help": "T: only the first T tokens of each trace enter the matching cost (the paper uses 1000). "
-            "`None` scores whole traces. The training loss always uses the full trace."
-        },
+    ssft_match_tokens: int | None = option(
+        1000,
+        "T: only the first T tokens of each trace enter the matching cost (the paper uses 1000). `None` "
+        "scores whole traces. The training loss always uses the full trace.",
     )
-    ssft_max_traces_policy: str = field(
-        default="error",
-        metadata={
-            "help": "What to do with a row that has more traces than forking tokens (M > N). `error`: stop with "
-            "an error naming the row. `subsample`: train on a random subset of N traces, redrawn each step."
-        },
+    ssft_max_traces_policy: str = option(
+        "error",
+        "What to do with a row that has more traces than forking tokens (M > N). `error`: stop with an "
+        "error naming the row. `subsample`: train on a random subset of N traces, redrawn each step.",
     )
-    ssft_fork_token_loss: bool = field(
-        default=False,
-        metadata={
-            "help": "Also train the prediction of the forking token itself after the prompt (off in the paper's "
-            "loss). On, the model learns p(token | prompt) and can choose its own token at inference."
-        },
+    ssft_fork_token_loss: bool = option(
+        False,
+        "Also train the prediction of the forking token itself after the prompt (off in the paper's "
+        "loss). On, the model learns p(token | prompt) and can choose its own token at inference.",
     )
-    ssft_match_max_tokens: int = field(
-        default=16384,
-        metadata={
-            "help": "Memory budget of the no-gradient matching pass, in tokens per forward call (rows x padded "
-            "length). The N x M scoring rows of a micro-batch are split into chunks within this budget."
-        },
+    ssft_match_max_tokens: int = option(
+        16384,
+        "Memory budget of the no-gradient matching pass, in tokens per forward call (rows x padded "
+        "length). The N x M scoring rows of a micro-batch are split into chunks within this budget.",
     )
-    ssft_match_max_memory_mb: int | None = field(
-        default=None,
-        metadata={
-            "help": "Optional memory budget of one matching forward call, in MiB, by a model-aware estimate of "
-            "activations, key/value cache and logits (`trl_ssft.scoring.estimate_bytes`). Applied on top of "
-            "`ssft_match_max_tokens`. Exact: it only changes how the scoring rows are split into chunks."
-        },
+    ssft_match_max_memory_mb: int | None = option(
+        None,
+        "Optional memory budget of one matching forward call, in MiB, by a model-aware estimate of "
+        "activations, key/value cache and logits (`trl_ssft.scoring.estimate_bytes`). Applied on top of "
+        "`ssft_match_max_tokens`. Exact: it only changes how the scoring rows are split into chunks.",
     )
-    ssft_match_share_prompt: bool = field(
-        default=True,
-        metadata={
-            "help": "Compute each question's prompt once in the matching pass and share it across its N x M "
-            "(forking token, trace) rows through the key/value cache. Exact; used only for models whose layers "
-            "are all full attention (others fall back to the uncached pass). Turn off to compare or debug."
-        },
+    ssft_match_share_prompt: bool = option(
+        True,
+        "Compute each question's prompt once in the matching pass and share it across its N x M (forking "
+        "token, trace) rows through the key/value cache. Exact; used only for models whose layers are all "
+        "full attention (others fall back to the uncached pass). Turn off to compare or debug.",
     )
-    ssft_fork_init_noise: float = field(
-        default=0.1,
-        metadata={
-            "help": "New forking-token embeddings start at the mean of the existing rows plus Gaussian noise of "
-            "this many per-dimension standard deviations, so the tokens are near the mean but distinct. 1.0 "
-            "starts them as far apart as ordinary vocabulary rows (docs/mode_preservation.md compares both)."
-        },
+    ssft_fork_init_noise: float = option(
+        0.1,
+        "New forking-token embeddings start at the mean of the existing rows plus Gaussian noise of this "
+        "many per-dimension standard deviations, so the tokens are near the mean but distinct. 1.0 starts "
+        "them as far apart as ordinary vocabulary rows (docs/mode_preservation.md compares both).",
     )
-    ssft_duplicate_traces: str = field(
-        default="warn",
-        metadata={
-            "help": "Identical traces within one row: `keep` them silently, `warn` (keep, counted and reported) or "
-            "`drop` the repeats."
-        },
+    ssft_duplicate_traces: str = option(
+        "warn",
+        "Identical traces within one row: `keep` them silently, `warn` (keep, counted and reported) or "
+        "`drop` the repeats.",
     )
-    ssft_long_traces: str = field(
-        default="truncate",
-        metadata={
-            "help": "A trace that does not fit `max_length` after its prompt and forking token: `truncate` it "
-            "(its end token is lost) or `drop` it. Counted and reported before training."
-        },
+    ssft_long_traces: str = option(
+        "truncate",
+        "A trace that does not fit `max_length` after its prompt and forking token: `truncate` it (its "
+        "end token is lost) or `drop` it. Counted and reported before training.",
     )
-    ssft_seed: int | None = field(
-        default=None,
-        metadata={
-            "help": "Seed of the `random` assignment and of trace subsampling (default: the training seed). A "
-            "`random` draw depends only on this seed, the step and the question, so it is the same on every "
-            "process; subsampling (M > N) draws from a stream seeded with it."
-        },
+    ssft_seed: int | None = option(
+        None,
+        "Seed of the `random` assignment and of trace subsampling (default: the training seed). A "
+        "`random` draw depends only on this seed, the step and the question, so it is the same on every "
+        "process; subsampling (M > N) draws from a stream seeded with it.",
     )
-    ssft_logits_chunk_tokens: int = field(
-        default=256,
-        metadata={
-            "help": "Positions whose vocabulary logits exist at once, in the matching pass and in the set loss: "
-            "hidden states are projected through the model's output module in chunks of this many positions "
-            "(with grad: under activation checkpointing, as TRL's default `chunked_nll`). Exact; lower it to "
-            "save memory with large vocabularies, raise it for speed."
-        },
+    ssft_logits_chunk_tokens: int = option(
+        256,
+        "Positions whose vocabulary logits exist at once, in the matching pass and in the set loss: "
+        "hidden states are projected through the model's output module in chunks of this many positions "
+        "(with grad: under activation checkpointing, as TRL's default `chunked_nll`). Exact; lower it to "
+        "save memory with large vocabularies, raise it for speed.",
     )
-    ssft_loss_slice_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Memory budget of the set-loss pass, in padded tokens per forward + backward: the M matched "
-            "rows of a micro-batch are processed in slices within it and their gradients accumulated (exact; "
-            "under DDP only the last slice synchronises gradients). `None`: the longest row of the micro-batch, "
-            "so the peak follows one trace, as in SFT. Ignored under DeepSpeed (one slice)."
-        },
+    ssft_loss_slice_tokens: int | None = option(
+        None,
+        "Memory budget of the set-loss pass, in padded tokens per forward + backward: the M matched rows "
+        "of a micro-batch are processed in slices within it and their gradients accumulated (exact; under "
+        "DDP only the last slice synchronises gradients). `None`: the longest row of the micro-batch, so "
+        "the peak follows one trace, as in SFT. Ignored under DeepSpeed (one slice).",
     )
 
 
