@@ -24,6 +24,9 @@ _LAZY = {
     "extract_answer": ("trl_ssft.eval.answers", "extract_answer"),
     "majority_vote": ("trl_ssft.eval.metrics", "majority_vote"),
     "evaluate_model": ("trl_ssft.eval.evaluate", "evaluate_model"),
+    "GFPOConfig": ("trl_ssft.gfpo.config", "GFPOConfig"),
+    "GFPOTrainer": ("trl_ssft.gfpo.trainer", "GFPOTrainer"),
+    "correctness_reward": ("trl_ssft.gfpo.rewards", "correctness_reward"),
 }
 
 __all__ = list(_LAZY)
