@@ -110,9 +110,10 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-USAGE = """usage: trl-ssft {train,eval} [options]
+USAGE = """usage: trl-ssft {train,gfpo,eval} [options]
 
   train   train with SSFT (TrlParser: --config recipe.yaml, any SFTConfig/ModelConfig/ssft_* flag)
+  gfpo    stage 2, Global Forking Policy Optimization after SSFT (--config recipe.yaml, GRPOConfig/gfpo_* flags)
   eval    parallel generation per forking token, Pass@1 / Cons@N / diversity report
 
 Run `trl-ssft train --help` or `trl-ssft eval --help` for the options.
@@ -127,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "train":
         return train_main(rest)
+    if cmd == "gfpo":
+        from .gfpo.cli import main as gfpo_main
+
+        return gfpo_main(rest)
     if cmd == "eval":
         from .eval.cli import main as eval_main
 

@@ -275,3 +275,40 @@ def test_correctness_reward():
     assert make_correctness_reward(extract="fallback")(completions=["the answer is 42"], answer=["42"]) == [1.0]
     assert correctness_reward(completions=["x"], answer=[None]) == [None]
     assert not math.isnan(out[0])
+
+
+@pytest.mark.parametrize("trainable,four_bit", [("adapter", False), ("fork_rows", True)])
+def test_cli_continues_an_ssft_adapter(toy, tmp_path, trainable, four_bit):
+    """`trl-ssft gfpo` on an SSFT LoRA adapter dir (QLoRA: 4-bit base on CPU): the adapter trains, the state is written."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ssft.gfpo.cli import main
+    from trl_ssft.state import read_ssft_state, write_ssft_state
+    from trl_ssft.tokens import add_trainable_tokens_to_peft_config
+
+    paths, data = toy
+    tok = AutoTokenizer.from_pretrained(paths["untied"])
+    base = AutoModelForCausalLM.from_pretrained(paths["untied"])
+    ids = [tok.convert_tokens_to_ids(n) for n in NAMES]
+    cfg = add_trainable_tokens_to_peft_config(LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), base, ids)
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, cfg).save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    write_ssft_state(str(adapter), {"fork_tokens": NAMES, "fork_token_ids": ids, "pass1_token": NAMES[0]})
+    ds = tmp_path / "rl.jsonl"
+    ds.write_text("".join(json.dumps(r) + "\n" for r in data))
+    out = tmp_path / "gfpo"
+    argv = ["--model_name_or_path", str(adapter), "--dataset_name", str(ds), "--output_dir", str(out),
+            "--num_generations", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "4",
+            "--max_steps", "2", "--learning_rate", "1e-2", "--bf16", "false", "--use_cpu", "true", "--report_to", "none",
+            "--save_strategy", "no", "--gfpo_trainable", trainable, "--gfpo_reward_funcs", f"{__name__}.token_reward"]
+    if four_bit:
+        argv += ["--load_in_4bit", "true", "--dtype", "float32"]
+    assert main(argv) == 0
+    state = read_ssft_state(str(out))
+    assert state["pass1_choice"] == "self" and state["pass1_token"] == NAMES[0]
+    assert state["gfpo"]["trainable"] == trainable and sum(state["gfpo"]["token_counts"]) == 16
+    assert (out / "adapter_config.json").exists()

@@ -33,19 +33,22 @@ def _mask_rows(param: torch.Tensor, rows: list[int]) -> None:
 def _peft_output_rows(model, fork_ids: list[int]) -> list[torch.nn.Parameter]:
     """The trainable forking-token rows of a PEFT model's output layer (TrainableTokens deltas or a saved copy)."""
     out = model.get_output_embeddings()
-    found = []
-    for name, p in out.named_parameters():
-        if "trainable_tokens_delta" in name:
-            adapter = name.rsplit(".", 1)[-1]
-            indices = list(out.token_indices[adapter]) if hasattr(out, "token_indices") else []
-            rows = [r for r, t in enumerate(indices) if t in set(fork_ids)]
+    found, fork = [], set(fork_ids)
+    for _, module in out.named_modules():
+        deltas = getattr(module, "trainable_tokens_delta", None)
+        if deltas is None or not hasattr(module, "token_indices"):
+            continue
+        for adapter, p in deltas.items():
+            indices = list(module.token_indices[adapter])
+            rows = [r for r, t in enumerate(indices) if t in fork]
             if sorted(indices[r] for r in rows) != sorted(fork_ids):
                 continue
             p.requires_grad_(True)
             if len(rows) != len(indices):
                 _mask_rows(p, rows)
             found.append(p)
-        elif "modules_to_save" in name and name.endswith("weight"):
+    for name, p in out.named_parameters():
+        if "modules_to_save" in name and name.endswith("weight"):
             p.requires_grad_(True)
             _mask_rows(p, fork_ids)
             found.append(p)

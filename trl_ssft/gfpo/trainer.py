@@ -20,14 +20,15 @@ class GFPOTrainer(GFPOMixin, GRPOTrainer):
     """Global Forking Policy Optimization: GRPO whose only trained token is the forking token.
 
     Arguments are `GRPOTrainer`'s, plus `fork_tokens` (names; default: `gfpo_fork_tokens`, the model's
-    ssft_state.json, or the tokenizer's `<think1>`...). `reward_funcs=None` uses `gfpo_reward_funcs`, else the
+    ssft_state.json, or the tokenizer's `<think1>`...) and `ssft_state_dir` (where the starting model's
+    ssft_state.json is, when `model` is an instance loaded from elsewhere, e.g. an SSFT adapter). `reward_funcs=None` uses `gfpo_reward_funcs`, else the
     correctness reward. `args` may be a `GFPOConfig` or any `GRPOConfig` carrying `gfpo_*` attributes.
     """
 
     _tag_names = ["trl", "grpo", "gfpo", "ssft"]
 
     def __init__(self, model, reward_funcs=None, args: GFPOConfig | None = None, *posargs, fork_tokens=None,
-                 **kwargs):
+                 ssft_state_dir: str | None = None, **kwargs):
         if args is None:
             name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "m")
             args = GFPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-GFPO")
@@ -36,4 +37,4 @@ class GFPOTrainer(GFPOMixin, GRPOTrainer):
         if reward_funcs is None:
             reward_funcs = load_reward_funcs(settings.gfpo_reward_funcs, settings)
         super().__init__(model, reward_funcs, args, *posargs, **kwargs)
-        self.gfpo_setup(settings, fork_tokens=fork_tokens, model_path=model_path_of(model))
+        self.gfpo_setup(settings, fork_tokens=fork_tokens, model_path=ssft_state_dir or model_path_of(model))
