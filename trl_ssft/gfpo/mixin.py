@@ -63,6 +63,21 @@ def check_grpo_args(args, settings: GFPOFields) -> None:
         raise ValueError("gfpo_trainable='fork_rows' needs weight_decay=0")
 
 
+def check_fused_head(model) -> None:
+    """trl >= 1.15 scores GRPO completions through a fused LM head that reads the output layer's weight directly:
+    a PEFT output layer with trainable forking-token rows (TrainableTokens / modules_to_save wrapper) crashes there
+    (`'TrainableTokensWrapper' object has no attribute 'bias'`) and its trained rows would be bypassed. Refuse."""
+    from trl.trainer import grpo_trainer
+
+    out = model.get_output_embeddings()
+    if hasattr(grpo_trainer, "add_fused_lm_head") and type(out).__name__ in ("TrainableTokensWrapper",
+                                                                             "ModulesToSaveWrapper"):
+        raise ValueError(
+            "this trl version scores GRPO completions through a fused LM head that bypasses PEFT's trainable rows of "
+            f"the output layer ({type(out).__name__}): continue this SSFT adapter with trl < 1.15 (e.g. 1.9, the "
+            "Axolotl 0.19 pin), or merge the adapter into the model first and run GFPO on the merged model")
+
+
 def resolve_fork_tokens(tokenizer, settings: GFPOFields, fork_tokens=None, model_path=None) -> tuple[list, list]:
     """Names and ids of the forking tokens: `fork_tokens`, `gfpo_fork_tokens`, the model's ssft_state.json, or the
     tokenizer's `<think1>`, `<think2>`, ... (`gfpo_fork_token_template`)."""
@@ -101,6 +116,7 @@ class GFPOMixin:
                            ("environment_factories", "environment_factory")):
             if getattr(self, attr, None):
                 raise ValueError(f"GFPO does not support {what}: a rollout is one forking token plus one generation")
+        check_fused_head(self.model)
         tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
         names, ids = resolve_fork_tokens(tokenizer, settings, fork_tokens, model_path)
         vocab = self.model.get_output_embeddings().weight.shape[0]
