@@ -1,9 +1,11 @@
 """Mode-preservation benchmark: do SSFT's forking tokens keep distinct reasoning modes apart?
 
-    python benchmarks/mode_preservation.py            # writes docs/mode_preservation.{md,png,json}
+    python benchmarks/mode_preservation.py --seeds 0,1,2   # writes docs/mode_preservation.{md,png,json}
 
-Data: `trl_ssft.demo.synthetic` (sum of three two-digit numbers, four correct strategies per question:
-forward, backward, outer, columns; each trace's mode is recognisable from its first step). One tiny
+Data: `trl_ssft.demo.digitsum` (the demo family, the default: sum of four digits, four correct
+strategies forward / pairs / cross / outer with different hard questions) or, with
+``--family synthetic``, `trl_ssft.demo.synthetic` (three two-digit numbers); each trace's mode is
+recognisable from its first step. For each seed (initial weights and training seed), one tiny
 Qwen2-style model (random init, local BPE tokenizer) is trained from the SAME initial weights three
 ways with identical budgets (steps, batch, learning rate, data order):
 
@@ -14,8 +16,9 @@ ways with identical budgets (steps, batch, learning rate, data order):
 Then on held-out questions, for each method, one sample per token (N slots of the bare prompt for
 ``none``) and round, greedy and sampled at T = 0.7 (top-p 0.95, the paper's setting) and T = 1.0
 (top-p 1.0: plain sampling, where a token that only biases a mixture shows its mixture): the
-token x mode table, distinct modes per question, per-token mode consistency, Pass@1 and Cons@N.
-Everything runs on CPU; the defaults take about 15 minutes on 2 cores.
+token x mode table, distinct modes per question, per-token mode consistency, Pass@1 (best token,
+most-matched token, mean over tokens), Cons@N and Pass@k; with several seeds, the mean and the
+spread (min-max) of each over seeds, so that a difference can be told from noise.
 """
 
 from __future__ import annotations
@@ -66,26 +69,29 @@ def parse_args(argv=None):
                    help="ssft_fork_init_noise of every method: std of the new token rows' noise, in units of the "
                    "vocabulary's per-dimension std (the library default is 0.1)")
     p.add_argument("--rounds", type=int, default=2, help="sampled rounds per (question, token)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="hungarian,random,none,hungarian:0.1",
+    p.add_argument("--seed", type=int, default=0, help="data seed")
+    p.add_argument("--seeds", default="0", help="comma-separated model/training seeds, one full run each")
+    p.add_argument("--family", default="digitsum", choices=["digitsum", "synthetic"])
+    p.add_argument("--settings", default="greedy,T=0.7,T=1.0", help="decodings to evaluate (greedy, T=0.7, T=1.0)")
+    p.add_argument("--methods", default="hungarian,random,none",
                    help="which to train, in this order; NAME:NOISE overrides --fork-init-noise for one run "
-                   "(the default adds SSFT at the library's default noise 0.1 as an ablation)")
+                   "(e.g. hungarian:0.1 adds SSFT at the library's default noise 0.1 as an ablation)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: a model this small runs fastest single-threaded, and a shared "
                    "machine does not thrash)")
     return p.parse_args(argv)
 
 
-def train(spec: str, base_dir: str, rows: list[dict], a) -> dict:
+def train(spec: str, base_dir: str, rows: list[dict], a, seed: int = 0) -> dict:
     """Train one method from the shared initial model; returns timing and the final training loss."""
     import datasets
 
     from trl_ssft import SSFTConfig, SSFTTrainer
 
     method, noise = split_method(spec, a.fork_init_noise)
-    out = os.path.join(a.work_dir, spec.replace(":", "_noise"))
+    out = os.path.join(a.work_dir, f"seed{seed}", spec.replace(":", "_noise"))
     cfg = SSFTConfig(
-        output_dir=out, bf16=False, use_cpu=True, report_to=[], seed=a.seed, ssft_assignment=method,
+        output_dir=out, bf16=False, use_cpu=True, report_to=[], seed=seed, ssft_assignment=method,
         ssft_num_fork_tokens=a.num_tokens, ssft_fork_init_noise=noise, max_steps=a.steps,
         per_device_train_batch_size=a.batch_size,
         learning_rate=a.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=50, weight_decay=0.0,
@@ -111,13 +117,70 @@ def evaluate(method: str, model_dir: str, rows: list[dict], a) -> dict:
 
     sm = load_ssft_model(model_dir, device="cpu")
     out = {}
+    wanted = a.settings.split(",")
     for name, kw in SETTINGS:
+        if name not in wanted:
+            continue
         out[name] = evaluate_model(
             sm, rows, use_fork_tokens=not method.startswith("none"), num_plain_samples=a.num_tokens, rounds=a.rounds,
-            max_new_tokens=64, batch_size=64, seed=a.seed, mode_classifier="synthetic", math_verify=False,
-            progress=False, **kw,
+            max_new_tokens=64, batch_size=64, seed=a.seed, mode_classifier=a.family, math_verify=False,
+            progress=False, pass_k=(1, a.num_tokens), **kw,
         )
     return out
+
+
+# ---------------------------------------------------------------- across seeds
+def seed_metrics(rep: dict) -> dict:
+    """The per-run figures compared across seeds (fractions)."""
+    import numpy as np
+
+    p1 = rep["pass1_per_token"]
+    return {"modes/question": rep["modes"]["distinct_modes_per_question"],
+            "token consistency": rep["modes"]["mean_consistency"],
+            "Pass@1 best token": max(p1.values()), "Pass@1 most-matched": rep["pass1"],
+            "Pass@1 mean": float(np.mean(list(p1.values()))), "Cons@N": rep["cons_at_n"],
+            f"Pass@{len(p1)}": (rep["pass_at_k"] or {}).get(str(len(p1)))}
+
+
+def across_seeds(per_seed: dict, setting: str) -> list[list[str]]:
+    """Rows method x metric: mean [min-max] over seeds."""
+    import numpy as np
+
+    methods = list(next(iter(per_seed.values())))
+    rows = []
+    for m in methods:
+        vals = [seed_metrics(per_seed[s][m][setting]) for s in per_seed if setting in per_seed[s][m]]
+        row = [label(m)]
+        for k in vals[0]:
+            xs = np.array([v[k] for v in vals if v[k] is not None], dtype=float)
+            scale = 1 if k == "modes/question" else 100
+            fmt = "{:.2f}" if k == "modes/question" else "{:.1f}"
+            row.append(fmt.format(scale * xs.mean()) + (f" [{fmt.format(scale * xs.min())}-{fmt.format(scale * xs.max())}]"
+                                                          if len(xs) > 1 else ""))
+        rows.append(row)
+    return rows
+
+
+def across_head(per_seed: dict, setting: str) -> list[str]:
+    first = next(iter(per_seed.values()))
+    rep = next(iter(first.values()))[setting]
+    return ["method"] + [k + ("" if k == "modes/question" else " %") for k in seed_metrics(rep)]
+
+
+def half_two_verdict(per_seed: dict, setting: str = "T=0.7") -> str:
+    """Does SSFT's Cons@N beat SFT-mixed's on every seed, with Pass@1 (most-matched token) not lower?"""
+    seeds = [s for s in per_seed if "hungarian" in per_seed[s] and "none" in per_seed[s]]
+    if not seeds:
+        return "- Half (2): needs both hungarian and none runs."
+    h = [seed_metrics(per_seed[s]["hungarian"][setting]) for s in seeds]
+    n = [seed_metrics(per_seed[s]["none"][setting]) for s in seeds]
+    cons = [a["Cons@N"] - b["Cons@N"] for a, b in zip(h, n)]
+    p1 = [a["Pass@1 most-matched"] - b["Pass@1 mean"] for a, b in zip(h, n)]
+    holds = all(c > 0 for c in cons) and all(p >= -0.02 for p in p1)
+    return (f"- Half (2) of the paper's claim ({setting}): SSFT Cons@N minus SFT-mixed Cons@N per seed "
+            f"{', '.join(f'{100 * c:+.1f}' for c in cons)} points; SSFT Pass@1 (most-matched token) minus SFT-mixed "
+            f"Pass@1 per seed {', '.join(f'{100 * p:+.1f}' for p in p1)} points: "
+            + ("**holds** on every seed." if holds else "**does not hold** on every seed (see the numbers)."))
 
 
 # ---------------------------------------------------------------- report
@@ -270,7 +333,7 @@ def plot(results: dict, path: str, setting: str = "T=1.0") -> None:
     del np
 
 
-def write_docs(results, training, a, wall, command, path_md, path_png):
+def write_docs(results, training, a, wall, command, path_md, path_png, per_seed=None):
     import torch
     import transformers
     import trl
@@ -292,11 +355,10 @@ def write_docs(results, training, a, wall, command, path_md, path_png):
         "",
         "## Setup",
         "",
-        f"- Data: `trl_ssft.demo.synthetic.make_rows` (seed {a.seed}): {a.train_questions} training questions, "
-        f"{a.eval_questions} held-out questions, M = 4 traces per question (forward, backward, outer, columns), "
-        "trace order shuffled per question. Each trace opens with its strategy's name: without it, SSFT split "
-        "the forward/backward traces by 'smaller operand first' vs 'larger first' instead (a consistent mode, "
-        "but not the labelled one; see the docstring of `trl_ssft/demo/synthetic.py`).",
+        f"- Data: `trl_ssft.demo.{a.family}.make_rows` (seed {a.seed}): {a.train_questions} training questions, "
+        f"{a.eval_questions} held-out questions, M = 4 traces per question, "
+        "trace order shuffled per question; each trace opens with its strategy's name (see the module's docstring "
+        "for the strategies and why their hard questions differ).",
         f"- Model: tiny Qwen2 (`trl_ssft.demo.tiny`, hidden {a.hidden_size}, {a.layers} layers, random init, local BPE "
         "tokenizer), the same initial weights for every method.",
         f"- Training (identical budget per method): {a.steps} steps x {a.batch_size} questions x 4 traces, AdamW "
@@ -319,7 +381,14 @@ def write_docs(results, training, a, wall, command, path_md, path_png):
         *([f"Same number of steps and examples for every method; SSFT's no-gradient N x M matching pass made its "
            f"training take {training['hungarian']['seconds'] / training['random']['seconds']:.1f}x the wall time "
            "of random tags.", ""] if "hungarian" in training and "random" in training else []),
-        "## Results",
+        *(["## Across seeds (mean [min-max] over seeds " + a.seeds + ")", ""]
+          + [x for st in ("T=0.7", "greedy") if st in a.settings.split(",") for x in
+             (f"Decoding {st}:", "", markdown_table(across_head(per_seed, st), across_seeds(per_seed, st)), "")]
+          + [half_two_verdict(per_seed), "",
+             "SFT-mixed has no tokens: its 'Pass@1 best token' / 'most-matched' are over its N bare-prompt sample "
+             "slots (the same distribution), and its Cons@N is a vote over N samples of the bare prompt.", ""]
+          if per_seed else []),
+        f"## Results (seed {a.seeds.split(',')[0]})",
         "",
         markdown_table(SUMMARY_HEAD, rows),
         "",
@@ -333,55 +402,66 @@ def write_docs(results, training, a, wall, command, path_md, path_png):
         "",
     ]
     for method in results:
-        lines += [f"### {label(method)}", "", mode_table_md(results[method]["T=1.0"]), ""]
+        if "T=1.0" in results[method]:
+            lines += [f"### {label(method)}", "", mode_table_md(results[method]["T=1.0"]), ""]
     lines += ["## Token x mode tables (T = 0.7, top-p 0.95)", ""]
     for method in results:
         lines += [f"### {label(method)}", "", mode_table_md(results[method]["T=0.7"]), ""]
     lines += ["## Against the paper's claims", "", *paper_comparison(results, a), ""]
     with open(path_md, "w") as f:
         f.write("\n".join(lines))
-    plot(results, path_png)
+    plot(results, path_png, "T=1.0" if all("T=1.0" in r for r in results.values()) else "T=0.7")
     return rows
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    import importlib
+
     import torch
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from trl_ssft.demo.synthetic import corpus, make_rows
     from trl_ssft.demo.tiny import save_tiny_model
 
+    family = importlib.import_module(f"trl_ssft.demo.{a.family}")
     t0 = time.time()
     os.makedirs(a.work_dir, exist_ok=True)
     os.makedirs(a.out_dir, exist_ok=True)
-    rows = make_rows(a.train_questions + a.eval_questions, seed=a.seed)
+    rows = family.make_rows(a.train_questions + a.eval_questions, seed=a.seed)
     train_rows, held_out = rows[: a.train_questions], rows[a.train_questions:]
-    base = save_tiny_model(os.path.join(a.work_dir, "base"), corpus(rows), hidden_size=a.hidden_size,
-                           num_layers=a.layers, seed=a.seed)
     methods = [m for m in a.methods.split(",") if m]
-    training, results = {}, {}
-    for method in methods:
-        print(f"== training {method}", flush=True)
-        training[method] = train(method, base, train_rows, a)
-        print(f"   {training[method]['seconds']} s, final loss {training[method]['final_loss']:.3f}", flush=True)
-        print(f"== evaluating {method}", flush=True)
-        results[method] = evaluate(method, training[method]["dir"], held_out, a)
-        for s in results[method]:
-            m = results[method][s]["modes"]
-            print(f"   {s}: {m['distinct_modes_per_question']:.2f} modes/question, consistency "
-                  f"{[round(v, 2) for v in m['token_consistency'].values()]}", flush=True)
+    seeds = [int(x) for x in a.seeds.split(",") if x]
+    per_seed, per_seed_training = {}, {}
+    for seed in seeds:
+        base = save_tiny_model(os.path.join(a.work_dir, f"seed{seed}", "base"), family.corpus(rows),
+                               hidden_size=a.hidden_size, num_layers=a.layers, seed=seed)
+        training, results = {}, {}
+        for method in methods:
+            print(f"== seed {seed}: training {method}", flush=True)
+            training[method] = train(method, base, train_rows, a, seed)
+            print(f"   {training[method]['seconds']} s, final loss {training[method]['final_loss']:.3f}", flush=True)
+            results[method] = evaluate(method, training[method]["dir"], held_out, a)
+            for s_, rep in results[method].items():
+                m = seed_metrics(rep)
+                print(f"   {s_}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None), flush=True)
+        per_seed[seed], per_seed_training[seed] = results, training
     wall = time.time() - t0
     argv_str = " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     command = "python benchmarks/mode_preservation.py" + (f" {argv_str}" if argv_str else "")
     md, png = os.path.join(a.out_dir, "mode_preservation.md"), os.path.join(a.out_dir, "mode_preservation.png")
-    rows_ = write_docs(results, training, a, wall, command, md, png)
+    first = seeds[0]
+    rows_ = write_docs(per_seed[first], per_seed_training[first], a, wall, command, md, png, per_seed)
     with open(os.path.join(a.out_dir, "mode_preservation.json"), "w") as f:
-        json.dump({"args": vars(a), "training": training, "results": results, "wall_seconds": wall}, f, indent=1)
+        json.dump({"args": vars(a), "command": command, "training": per_seed_training, "results": per_seed,
+                   "wall_seconds": wall}, f, indent=1, default=str)
     print()
     print(plain_table(SUMMARY_HEAD, rows_))
-    print("\n".join(acceptance(results)))
+    for st in ("T=0.7", "greedy"):
+        if st in a.settings.split(","):
+            print(f"\nacross seeds, {st}:")
+            print(plain_table(across_head(per_seed, st), across_seeds(per_seed, st)))
+    print(half_two_verdict(per_seed))
     print(f"wrote {md}, {png} ({wall / 60:.1f} min)")
     return 0
 

@@ -55,9 +55,21 @@ def _synthetic_factory(rows: Sequence[dict]) -> tuple[ModeClassifier, list[str]]
     return classify, list(synthetic.MODES)
 
 
+def _digitsum_factory(rows: Sequence[dict]) -> tuple[ModeClassifier, list[str]]:
+    """The digit-sum demo family's classifier (`trl_ssft.demo.digitsum`), imported when asked for."""
+    family = importlib.import_module("trl_ssft.demo.digitsum")
+
+    def classify(text: str, row: dict) -> str:
+        q = family.parse_question(prompt_text(row["prompt"]))
+        return "other" if q is None else family.classify_mode(text, q)
+
+    return classify, list(family.MODES)
+
+
 MODE_CLASSIFIERS: dict[str, ClassifierFactory] = {
     "nearest-trace": _nearest_trace_factory,
     "synthetic": _synthetic_factory,
+    "digitsum": _digitsum_factory,
 }
 
 
