@@ -75,7 +75,7 @@ ARCHS = {
                        num_key_value_heads=4, vocab_size=152064),
 }
 
-N_FORK, PROMPT, MATCH_T = 6, 64, 256
+N_FORK, PROMPT, MATCH_T = 6, 64, 256  # N = max(6, M): every trace of the question gets a token (no subsampling)
 
 
 # ============================================================================= one measurement (child process)
@@ -171,7 +171,7 @@ def measure_one(spec: dict) -> dict:
         from trl_ssft import SSFTConfig, SSFTTrainer
 
         extra = {k: v for k, v in spec.get("ssft", {}).items()}
-        cfg = SSFTConfig(**common, ssft_num_fork_tokens=N_FORK, ssft_match_tokens=MATCH_T,
+        cfg = SSFTConfig(**common, ssft_num_fork_tokens=max(N_FORK, M), ssft_match_tokens=MATCH_T,
                          ssft_assignment=spec["trainer"], **extra)
         ds = Dataset.from_list([{"prompt_ids": prompt, "trace_ids": traces}])
         trainer = SSFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
@@ -291,7 +291,16 @@ def predict_peak(arch: dict, *, L: int, M: int = 1, kind: str = "sft", method: s
     if not gc:
         recompute = tok * c["act_i"] * i * act_bytes  # the largest activation gradients of one layer
     chunk = tok if kind == "old" else (trl_chunk if kind == "sft" else logits_chunk)
-    logits = min(chunk, tok) * V * 4 * c["logit_copies"]
+    # [V, h] temporaries of the output layer's backward: full FT, the chunk's weight gradient before it is
+    # accumulated; PEFT trainable forking-token rows (SSFT), the merged weight and its full gradient
+    peft_tokens = method != "full" and kind in ("ssft", "old")
+    head = V * h * weight_bytes * (c["head_full"] if method == "full" else c["head_peft"] if peft_tokens else 0)
+    # full FT, several slices: the output weight's gradient from the earlier slices (.grad) coexists with the
+    # current slice's gradient buffer of that weight (measured: +1 [V, h] at h896, see docs/performance.md)
+    n_slices = 1 if kind in ("sft", "old") else -(-M // rows)
+    if method == "full" and n_slices > 1:
+        head += V * h * weight_bytes * c["head_acc"]
+    logits = min(chunk, tok) * V * 4 * c["logit_copies"] + head
     train_phase = grads + acts + max(recompute, logits)
     # ---- matching pass (no grad), SSFT only
     match_phase = 0
@@ -301,7 +310,8 @@ def predict_peak(arch: dict, *, L: int, M: int = 1, kind: str = "sft", method: s
         kv_cache = n_l * 2 * kv * r_chunk * (prompt + new) * act_bytes
         layer_tmp = r_chunk * new * (c["match_h"] * h + c["match_i"] * i) * act_bytes
         m_logits = min(logits_chunk if kind == "ssft" else 1024, r_chunk * match_t) * V * 4 * c["match_logit_copies"]
-        match_phase = kv_cache + layer_tmp + m_logits
+        merged = V * h * weight_bytes if peft_tokens else 0  # PEFT builds the merged output weight per call
+        match_phase = kv_cache + layer_tmp + m_logits + merged
     step = max(train_phase, match_phase)
     return dict(static=static, weights=weights, grads=grads, acts=acts, logits=logits, recompute=recompute,
                 train_phase=train_phase, match_phase=match_phase, step=step, total=static + step,
@@ -313,8 +323,11 @@ def predict_peak(arch: dict, *, L: int, M: int = 1, kind: str = "sft", method: s
 # width); act_top: outside the layers (embedding output, final norm); bwd: recomputed layer + its gradients;
 # logit_copies: fp32 [chunk, V] tensors alive at once (logits, log-softmax, their gradients);
 # match_*: one layer's no-grad transients and the logits slice of the matching pass.
-DEFAULT_COEF = dict(act_h=10.0, act_i=4.0, act_kv=3.0, act_top=4.0, bwd=1.5, logit_copies=4.0,
-                    match_h=4.0, match_i=3.0, match_logit_copies=3.0)
+# head_full / head_peft: [V, h] tensors of the output layer's backward (full FT: the chunk's weight gradient;
+# PEFT trainable tokens: the merged weight, whose full gradient is then index-selected).
+# head_acc: the same for the gradient accumulated over slices (full FT, more than one slice).
+DEFAULT_COEF = dict(act_h=10.0, act_i=4.0, act_kv=3.0, act_top=4.0, bwd=1.5, logit_copies=3.0, head_full=1.0,
+                    head_peft=1.0, head_acc=1.0, match_h=4.0, match_i=3.0, match_logit_copies=2.0)
 
 
 # ============================================================================= the grid, tables, plot
@@ -333,11 +346,13 @@ def grid(quick: bool) -> list[dict]:
     add(["sft", "hungarian"], L=512, M=4)
     add(["sft", "hungarian"], L=1024, M=4)
     add(["old"], L=512, M=4)
-    add(["hungarian"], L=512, M=8)
     add(["sft", "hungarian"], L=512, M=4, method="qlora", tied=False)
     add(["none"], L=512, M=4)
+    add(["hungarian"], L=512, M=8)
     add(["sft", "hungarian"], L=2048, M=4)
     add(["sft", "hungarian"], L=512, M=4, arch="h896")
+    add(["none"], L=512, M=4, arch="h896")  # where SSFT's extra goes at h896: matching pass or set-loss slices?
+    add(["hungarian"], L=512, M=4, arch="h896", ssft=dict(ssft_loss_slice_tokens=10**9))  # all M rows, one slice
     add(["sft", "hungarian"], L=512, M=4, gc=False)
     add(["sft", "hungarian"], L=512, M=4, method="lora")
     add(["hungarian"], L=1024, M=8)
@@ -355,7 +370,12 @@ def grid(quick: bool) -> list[dict]:
 
 def label(s: dict) -> str:
     t = {"sft": "TRL SFT (1 trace)", "hungarian": "SSFT hungarian", "none": "SFT-mixed"}[s["trainer"]]
-    return t + (" (old: unbounded)" if s.get("old") else "")
+    if s.get("old"):
+        return t + " (old: unbounded)"
+    if s.get("ssft"):
+        t += " (" + ", ".join(f"{k.removeprefix('ssft_')}={v:.0e}" if v >= 10**6 else f"{k.removeprefix('ssft_')}={v}"
+                              for k, v in s["ssft"].items()) + ")"
+    return t
 
 
 def key(s: dict) -> tuple:
@@ -368,7 +388,8 @@ def model_kind(s: dict) -> str:
 
 def predicted(s: dict) -> dict:
     return predict_peak(ARCHS[s["arch"]], L=s["L"], M=s["M"], kind=model_kind(s), method=s["method"], tied=s["tied"],
-                        gc=s["gc"])
+                        gc=s["gc"], n_fork=max(N_FORK, s["M"]),
+                        slice_tokens=None if s.get("old") else s.get("ssft", {}).get("ssft_loss_slice_tokens"))
 
 
 def table(results: list[dict]) -> str:
@@ -376,7 +397,11 @@ def table(results: list[dict]) -> str:
     head = ("| model | tied | method | GC | L | M | step | step peak MiB (measured) | / TRL SFT | "
             "with weights + opt. states: / TRL SFT | predicted MiB | step s | / (M x TRL SFT step) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in results:
+    rank = {"sft": 0, "hungarian": 1, "none": 2}
+    order = sorted(results, key=lambda r: (r["spec"]["arch"], r["spec"]["method"] != "full", r["spec"]["method"],
+                                           not r["spec"]["tied"], not r["spec"]["gc"], r["spec"]["L"],
+                                           bool(r["spec"].get("old")), rank[r["spec"]["trainer"]], r["spec"]["M"]))
+    for r in order:
         s = r["spec"]
         if "peak_bytes" not in r:
             lines.append(f"| {s['arch']} | {s['tied']} | {s['method']} | {s['gc']} | {s['L']} | {s['M']} | "

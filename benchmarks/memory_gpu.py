@@ -72,7 +72,7 @@ def run_case(spec: dict) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     total = torch.cuda.get_device_properties(0).total_memory
     cap = spec["cap_gb"] * 1e9
@@ -82,7 +82,7 @@ def run_case(spec: dict) -> dict:
     path = spec["path"]
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16,
                                                  device_map={"": 0}, attn_implementation=spec["attn"])
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = build_tokenizer(model.config.vocab_size)  # in-process (a saved word-level `qwen2` tokenizer may reload as BPE)
     lora = LoraConfig(r=32, lora_alpha=16, lora_dropout=0.05, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     g = torch.Generator().manual_seed(0)
