@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from trl_ssft.config import SSFTFields, validate_ssft_fields
+from trl_ssft.gfpo.fields import GFPO_FIELD_NAMES, GFPOFields, gfpo_settings
 
 # Dataset `type:` values that select the ssft strategy (the plugin rewrites the short name).
 SSFT_DATASET_TYPES = ("ssft", "axolotl_ssft.ssft")
@@ -58,18 +59,34 @@ REFUSED_OPTIONS: dict[str, str] = {
     "naming the row). Set `streaming: false` and use a map-style dataset.",
     "pretraining_dataset": "pretraining datasets are streamed and packed into fixed-length chunks of raw "
     "text, which breaks one-question-per-row. Use `datasets:` with `type: ssft`.",
-    "rl": "SSFT is supervised (NLL) training with its own trainer; it cannot be combined with `rl:`.",
+    "rl": "SSFT is supervised (NLL) training with its own trainer; it cannot be combined with `rl:` (for "
+    "GFPO, stage 2 on an SSFT model, set `rl: grpo` and `gfpo: true`).",
     "reward_model": "SSFT trains a causal LM, not a reward model.",
     "process_reward_model": "SSFT trains a causal LM, not a process reward model.",
 }
 
 
-def _ssft_field_specs() -> dict[str, tuple[Any, Any]]:
-    hints = typing.get_type_hints(SSFTFields)
+def _field_specs(dataclass_type) -> dict[str, tuple[Any, Any]]:
+    """Pydantic field specs (type, default, help) of a dataclass of options (`SSFTFields`, `GFPOFields`)."""
+    hints = typing.get_type_hints(dataclass_type)
     specs = {}
-    for f in fields(SSFTFields):
+    for f in fields(dataclass_type):
         default = f.default if f.default is not MISSING else None
         specs[f.name] = (hints[f.name], Field(default=default, description=f.metadata.get("help", "")))
+    return specs
+
+
+GFPO_SWITCH_HELP = ("With `rl: grpo`: run GFPO (Global Forking Policy Optimization, stage 2) on an SSFT model: "
+                    "GRPO that trains only the choice of the forking token (`axolotl_ssft.gfpo`).")
+
+
+def _gfpo_field_specs() -> dict[str, tuple[Any, Any]]:
+    return {"gfpo": (typing.Optional[bool], Field(default=None, description=GFPO_SWITCH_HELP)),
+            **_field_specs(GFPOFields)}
+
+
+def _ssft_field_specs() -> dict[str, tuple[Any, Any]]:
+    specs = _field_specs(SSFTFields)
     for name, (tp, default, help_text) in AXOLOTL_ONLY_FIELDS.items():
         specs[name] = (tp, Field(default=default, description=help_text))
     return specs
@@ -175,7 +192,40 @@ def check_ssft_config(cfg: dict) -> None:
     validate_ssft_fields(ssft_settings(cfg))
 
 
-_SSFTArgsBase = create_model("_SSFTArgsBase", __base__=BaseModel, **_ssft_field_specs())  # type: ignore[call-overload]
+GFPO_KEYS: tuple[str, ...] = ("gfpo", *GFPO_FIELD_NAMES)
+
+
+def gfpo_requested(cfg: Any) -> bool:
+    """True when the config asks for GFPO (`gfpo: true`); `check_gfpo_config` then requires `rl: grpo`."""
+    return bool(cfg.get("gfpo"))
+
+
+def check_gfpo_config(cfg: dict) -> None:
+    """Raise `ValueError` for a GFPO config that cannot work (whole raw config), before any model is loaded."""
+    from types import SimpleNamespace
+
+    from trl_ssft.gfpo.mixin import check_grpo_args
+
+    bad = [k for k in cfg if isinstance(k, str) and k.lower().startswith("gfpo") and k not in GFPO_KEYS]
+    if bad:
+        close = {k: difflib.get_close_matches(k, GFPO_KEYS, n=1) for k in bad}
+        raise ValueError("Unknown GFPO option(s): " + ", ".join(
+            f"`{k}`" + (f" (did you mean `{c[0]}`?)" if c else "") for k, c in close.items())
+            + f". Known options: {', '.join(GFPO_KEYS)}.")
+    if str(cfg.get("rl") or "").lower() != "grpo":
+        raise ValueError(f"`gfpo: true` needs `rl: grpo` (GFPO is GRPO on the forking token), got `rl: {cfg.get('rl')}`")
+    for split in ("datasets", "test_datasets"):
+        for k, ds in enumerate(cfg.get(split) or []):
+            if _dataset_type(ds) in SSFT_DATASET_TYPES:
+                raise ValueError(f"`{split}[{k}]` has `type: ssft`, but GFPO reads RL prompt rows (`prompt` plus the "
+                                 "reward's columns, e.g. `answer`); leave `type` out or give an RL transform")
+    trl = {k: v for k, v in (cfg.get("trl") or {}).items() if v is not None}
+    trl["use_liger_kernel"] = trl.pop("use_liger_loss", False)
+    check_grpo_args(SimpleNamespace(**trl), gfpo_settings(cfg))
+
+
+_SSFTArgsBase = create_model("_SSFTArgsBase", __base__=BaseModel,  # type: ignore[call-overload]
+                             **_ssft_field_specs(), **_gfpo_field_specs())
 
 
 class SSFTArgs(_SSFTArgsBase):  # type: ignore[misc, valid-type]
@@ -185,5 +235,5 @@ class SSFTArgs(_SSFTArgsBase):  # type: ignore[misc, valid-type]
     @classmethod
     def _refuse_what_cannot_work(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            check_ssft_config(data)
+            check_gfpo_config(data) if gfpo_requested(data) else check_ssft_config(data)
         return data

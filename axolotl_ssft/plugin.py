@@ -14,6 +14,9 @@ Order of the hooks in one `axolotl train` run, and what each does here:
   `get_lora_config_kwargs(cfg)` hands to the LoRA/QLoRA config.
 - `get_trainer_cls` / `get_collator_cls_and_kwargs` / `post_trainer_create`: the SSFT trainer and
   collator, and `setup_ssft` on the trainer.
+
+A GFPO config (`rl: grpo`, `gfpo: true`; see `axolotl_ssft.gfpo`) skips every SSFT hook: `register` sets
+`trainer_cls` to the GFPO trainer and the default reward, `post_trainer_create` activates GFPO on it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 
-from .args import SSFT_DATASET_TYPES, SSFT_STRATEGY, WHOLE_TRACE, ssft_settings
+from .args import SSFT_DATASET_TYPES, SSFT_STRATEGY, WHOLE_TRACE, gfpo_requested, ssft_settings
 
 LOG = logging.getLogger(__name__)
 
@@ -81,6 +84,11 @@ class SSFTPlugin(BasePlugin):
 
     # ------------------------------------------------------------ config
     def register(self, cfg: dict) -> None:
+        if gfpo_requested(cfg):
+            from .gfpo import register_gfpo
+
+            register_gfpo(cfg)
+            return
         if not is_ssft_config(cfg):
             return
         _check_imports()
@@ -204,6 +212,9 @@ class SSFTPlugin(BasePlugin):
         }
 
     def post_trainer_create(self, cfg, trainer) -> None:
+        if gfpo_requested(cfg):
+            self._trainer, self._summary_printed = _setup_gfpo(cfg, trainer), False
+            return
         if not is_ssft_config(cfg):
             return
         from .trainer import AxolotlSSFTTrainer
@@ -220,9 +231,16 @@ class SSFTPlugin(BasePlugin):
     def post_train(self, cfg, model) -> None:
         """Write `ssft_state.json` (match counts, Pass@1 token) next to the final model and print it."""
         trainer = self._trainer() if self._trainer is not None else None
-        if not is_ssft_config(cfg) or self._summary_printed or trainer is None:
+        if not (is_ssft_config(cfg) or gfpo_requested(cfg)) or self._summary_printed or trainer is None:
             return
         self._summary_printed = True  # Axolotl calls post_train twice
+        if gfpo_requested(cfg):
+            from .gfpo import gfpo_summary
+
+            if trainer.args.should_save:  # Axolotl's final save does not go through trainer.save_model
+                trainer.write_gfpo_state(cfg.output_dir)
+                print(gfpo_summary(trainer), flush=True)
+            return
         state = trainer.ssft_state()
         if trainer.args.should_save:
             trainer.write_ssft_state(cfg.output_dir)
@@ -232,6 +250,18 @@ class SSFTPlugin(BasePlugin):
 
 
 # ------------------------------------------------------------------ helpers
+def _setup_gfpo(cfg, trainer):
+    """`post_trainer_create` for GFPO: the trainer must be the GFPO one (`trainer_cls` set by `register`)."""
+    from trl_ssft.gfpo.mixin import GFPOMixin
+
+    if not isinstance(trainer, GFPOMixin):
+        raise RuntimeError(
+            f"GFPO needs axolotl_ssft.gfpo.AxolotlGFPOTrainer, but Axolotl built {type(trainer).__name__} "
+            f"(`trainer_cls: {cfg.get('trainer_cls')}`); remove `trainer_cls` or subclass AxolotlGFPOTrainer.")
+    trainer.gfpo_setup_from_axolotl(cfg)
+    return weakref.ref(trainer)
+
+
 def _base_vocab(cfg) -> set[str]:
     """The base tokenizer's vocabulary, before Axolotl added any token: names in it are reused."""
     from transformers import AutoTokenizer
