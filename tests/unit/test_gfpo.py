@@ -318,3 +318,15 @@ def test_cli_continues_an_ssft_adapter(toy, tmp_path, trainable, four_bit):
     assert state["pass1_choice"] == "self" and state["pass1_token"] == NAMES[0]
     assert state["gfpo"]["trainable"] == trainable and sum(state["gfpo"]["token_counts"]) == 16
     assert (out / "adapter_config.json").exists()
+
+
+def test_readme_documents_every_gfpo_option():
+    import os
+    from dataclasses import fields
+
+    from trl_ssft.gfpo.fields import GFPOFields
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    assert "## GFPO (stage 2)" in text and text.index("## GFPO (stage 2)") < text.index("## Options")
+    for f in fields(GFPOFields):
+        assert f"| `{f.name}` |" in text, f"{f.name} missing from the README's GFPO table"
