@@ -23,8 +23,9 @@ import numpy as np
 
 from . import metrics as M
 from .answers import equality_name, extraction_name, make_equal, make_extract, math_verify_available, normalize_choice
-from .inference import SSFTModel, choose_fork_token, fork_prompt_ids, generate_ids, load_ssft_model
+from .inference import SSFTModel, fork_prompt_ids, generate_ids, load_ssft_model
 from .modes import pick_classifier, resolve_classifier_name
+from .self_choice import resolve_self_choose, self_chosen_report
 
 logger = logging.getLogger(__name__)
 
@@ -243,24 +244,8 @@ def _modes_report(modes, labels: list[str], classifier: str, mode_names: list[st
 
 def _self_chosen(sm: SSFTModel, rows: list[dict], plan: _Plan, strategy: str, rules: EvalRules, gen: dict,
                  classify) -> dict:
-    """The model's own token per question (`choose_fork_token`), R samples each: Pass@1 and token counts."""
-    tokens, rounds = plan.tokens, plan.rounds
-    picks = choose_fork_token(sm.model, sm.tokenizer, [r["prompt"] for r in rows], tokens, strategy,
-                              seed=gen["seed"])
-    prompts = [fork_prompt_ids(sm.tokenizer, row["prompt"], [tokens[k]])[0] for row, k in zip(rows, picks)]
-    outs = _generate(sm, prompts, n=rounds, **{**gen, "progress": False})
-    texts = [(j, sm.tokenizer.decode(x, skip_special_tokens=True)) for j, per in enumerate(outs) for x in per]
-    extract, equal = rules.extractor(), rules.equal()
-    corr = [rows[j]["answer"] is not None and equal(rows[j]["answer"], extract(t)) for j, t in texts]
-    counts = {t: 0 for t in tokens}
-    for k in picks:
-        counts[tokens[k]] += 1
-    out = {"strategy": strategy, "token_counts": counts,
-           "pass1": float(np.mean(corr)) if any(r["answer"] is not None for r in rows) else None}
-    if classify is not None:
-        modes = [classify(t, rows[j]) for j, t in texts]
-        out["mode_counts"] = {m: modes.count(m) for m in dict.fromkeys(modes)}
-    return out
+    """The model's own token: N self-chosen samples per question and round (`self_choice.self_chosen_report`)."""
+    return self_chosen_report(sm, rows, plan.tokens, plan.rounds, strategy, rules, gen, classify)
 
 
 def _samples_list(s: dict, labels: list[str]) -> list[dict]:
@@ -328,7 +313,9 @@ def evaluate_model(
     ``use_fork_tokens=False``, gets N = `num_plain_samples` (default: its number of forking tokens)
     samples of the bare prompt per round, reported as slots ``sample1..N``. Greedy decoding makes
     rounds identical, so it runs one round. `self_choose` (``argmax`` / ``sample``) also evaluates
-    the model's own token choice (R samples per question with that token).
+    the model's own token choice (`self_choice`: N self-chosen samples per question and round, Pass@1,
+    Cons@N, each question's choices); None: ``sample`` for a model whose ssft_state.json has
+    ``pass1_choice: "self"`` (GFPO), else off; ``"none"``: off.
 
     Scoring rules (recorded in ``report["rules"]``, explained in docs/metrics.md):
     `math_verify` (None: when installed, else normalised strings); `missing_answers` ``skip``
@@ -343,6 +330,7 @@ def evaluate_model(
     """
     t0 = time.time()
     rules = EvalRules(math_verify, missing_answers, extract, answer_pattern, choices, cons_estimator)
+    self_choose = resolve_self_choose(model, self_choose)
     load = backend != "vllm" or self_choose is not None
     sm = model if isinstance(model, SSFTModel) else load_ssft_model(model, device=device, dtype=dtype,
                                                                       fork_tokens=fork_tokens, load_model=load)

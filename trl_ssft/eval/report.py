@@ -72,10 +72,29 @@ def format_report(report: dict) -> str:
                      f"mean token consistency: {_pct(modes['mean_consistency'])}")
     sc = report.get("self_chosen")
     if sc:
-        lines.append(f"self-chosen token ({sc['strategy']}): Pass@1 {_pct(sc['pass1'])}, counts {sc['token_counts']}")
+        lines += _self_chosen_lines(sc, len(labels))
     if rules_line(report):
         lines.append(rules_line(report))
     return "\n".join(lines)
+
+
+def _self_chosen_lines(sc: dict, n: int, max_questions: int = 20) -> list[str]:
+    """The model's own token choice: Pass@1 and Cons@N over self-chosen samples, per-token and per-question choices."""
+    if "per_question" not in sc:  # a report from before the per-question choices
+        return [f"self-chosen token ({sc['strategy']}): Pass@1 {_pct(sc['pass1'])}, counts {sc['token_counts']}"]
+    lines = [f"self-chosen token ({sc['strategy']}, {sc['samples_per_question']} samples per question): "
+             f"Pass@1 {_pct(sc['pass1'])}   Cons@{n} {_pct(sc['cons_at_n'])}"]
+    lines += ["  token: chosen in % of draws / Pass@1 when chosen / questions where most chosen"]
+    total = max(sum(sc["draw_counts"].values()), 1)
+    for t, c in sc["draw_counts"].items():
+        lines.append(f"  {t}: {_pct(c / total)} / {_pct(sc['pass1_when_chosen'][t])} / {sc['token_counts'][t]}")
+    for q in sc["per_question"][:max_questions]:
+        picks = ", ".join(f"{t} x{c}" for t, c in sorted(
+            {t: q["tokens"].count(t) for t in q["tokens"]}.items(), key=lambda kv: -kv[1]))
+        lines.append(f"  q{q['question']}: {picks}" + (f" (Pass@1 {_pct(q['pass1'])})" if q["pass1"] is not None else ""))
+    if len(sc["per_question"]) > max_questions:
+        lines.append(f"  ... {len(sc['per_question']) - max_questions} more questions in the JSON (self_chosen.per_question)")
+    return lines
 
 
 def print_report(report: dict, file=None) -> None:

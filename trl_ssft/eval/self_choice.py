@@ -1,0 +1,89 @@
+"""The model's own forking-token choice in an evaluation (`evaluate_model(self_choose=...)`).
+
+As the authors evaluate their GFPO model: no forced token, the model picks its own. Per question and round,
+N tokens are drawn from the model's N-way distribution after the prompt (``sample``; ``argmax`` takes the
+most probable token N times) and one sample is generated after each: Pass@1 of the model's choice (mean over
+all N x R self-chosen samples), Cons@N (one vote per round over its N self-chosen samples, averaged, the
+same estimator as the forced tokens' Cons@N), ``token_counts`` (questions whose most-chosen token it is),
+``draw_counts`` (all draws), and each question's choices and N-way probabilities (``per_question``).
+
+A model whose ssft_state.json says ``pass1_choice: "self"`` (written by the GFPO trainers) is evaluated
+this way by default (`resolve_self_choose`), next to the forced tokens.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .inference import SSFTModel, fork_prompt_ids, fork_token_probs
+from ..state import read_ssft_state
+
+STRATEGIES = ("argmax", "sample")
+
+
+def resolve_self_choose(model, self_choose: str | None) -> str | None:
+    """`self_choose` as given; None: ``sample`` when the model's state has ``pass1_choice: "self"`` (a GFPO
+    model), else no self-choice; ``"none"`` turns it off."""
+    if self_choose == "none":
+        return None
+    if self_choose is not None:
+        if self_choose not in STRATEGIES:
+            raise ValueError(f"self_choose must be one of {STRATEGIES} or 'none', got {self_choose!r}")
+        return self_choose
+    state = model.state if isinstance(model, SSFTModel) else (read_ssft_state(model) if isinstance(model, str) else {})
+    return "sample" if (state or {}).get("pass1_choice") == "self" else None
+
+
+def draw_tokens(probs: torch.Tensor, strategy: str, draws: int, seed: int) -> list[list[int]]:
+    """`draws` token indices per question from N-way probabilities [Q, N]: sampled, or the argmax repeated."""
+    if strategy == "argmax":
+        return [[int(k)] * draws for k in probs.argmax(-1)]
+    gen = torch.Generator().manual_seed(seed)
+    return torch.multinomial(probs, draws, replacement=True, generator=gen).tolist()
+
+
+def self_chosen_report(sm: SSFTModel, rows: list[dict], tokens: list[str], rounds: int, strategy: str, rules,
+                       gen: dict, classify) -> dict:
+    """Generate N x R self-chosen samples per question and score them (see the module docstring)."""
+    from .evaluate import _generate, _score
+
+    n = len(tokens)
+    probs = fork_token_probs(sm.model, sm.tokenizer, [r["prompt"] for r in rows], tokens)
+    picks = draw_tokens(probs, strategy, n * rounds, gen["seed"])  # draw d = round d // n, slot d % n
+    forked = [fork_prompt_ids(sm.tokenizer, row["prompt"], tokens) for row in rows]
+    prompts = [forked[q][k] for q in range(len(rows)) for k in picks[q]]
+    outs = _generate(sm, prompts, n=1, **{**gen, "progress": False})
+    s = {"texts": np.empty((len(rows), n, rounds), dtype=object)}
+    for j, per in enumerate(outs):
+        q, d = divmod(j, n * rounds)
+        s["texts"][q, d % n, d // n] = sm.tokenizer.decode(per[0], skip_special_tokens=True)
+    _score(s, rows, rules, classify)
+    chosen = np.array([[[picks[q][r * n + i] for r in range(rounds)] for i in range(n)] for q in range(len(rows))])
+    gold = [row["answer"] for row in rows]
+    has = any(g is not None for g in gold)
+    out = {
+        "strategy": strategy, "samples_per_question": n * rounds,
+        "draw_counts": {t: int((chosen == k).sum()) for k, t in enumerate(tokens)},
+        "pass1": float(s["correct"].mean()) if has else None,
+        "cons_at_n": M.cons_at_n(s["answers"], gold, rules.equal(), rules.missing) if has else None,
+        "pass1_when_chosen": {t: float(s["correct"][chosen == k].mean()) if has and (chosen == k).any() else None
+                              for k, t in enumerate(tokens)},
+        "per_question": [_question(q, picks[q], probs[q], s["correct"][q], tokens, has) for q in range(len(rows))],
+    }
+    tops = [p["top_token"] for p in out["per_question"]]
+    out["token_counts"] = {t: tops.count(t) for t in tokens}  # questions whose most-chosen token is t
+    if classify is not None:
+        modes = [m for m in s["modes"].ravel()]
+        out["mode_counts"] = {m: modes.count(m) for m in dict.fromkeys(modes)}
+    return out
+
+
+def _question(q: int, picks: list[int], probs: torch.Tensor, correct: np.ndarray, tokens: list[str], has: bool) -> dict:
+    counts = Counter(tokens[k] for k in picks)
+    return {"question": q, "tokens": [tokens[k] for k in picks], "top_token": counts.most_common(1)[0][0],
+            "probs": {t: round(float(p), 4) for t, p in zip(tokens, probs)},
+            "pass1": float(correct.mean()) if has else None}
