@@ -50,8 +50,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call (hf backend)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--self-choose", choices=["argmax", "sample"], default=None,
-                   help="also let the model pick its own forking token per question (needs ssft_fork_token_loss)")
+    p.add_argument("--self-choose", choices=["argmax", "sample", "none"], default=None,
+                   help="also let the model pick its own forking token per question (needs ssft_fork_token_loss or "
+                   "GFPO); default: sample for a GFPO model (ssft_state.json pass1_choice: self), else off; none: off")
     p.add_argument("--backend", choices=["hf", "vllm"], default="hf",
                    help="generation: hf (transformers generate) or vllm (trl_ssft.eval.vllm_backend)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
