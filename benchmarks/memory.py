@@ -446,7 +446,7 @@ def plot(results: list[dict], path: str) -> None:
         ls = sorted(sft)
         ax.plot(ls, [1.25 * sft[x] / MiB for x in ls], color="r", ls="--", label="1.25 x TRL SFT")
         ax.plot(ls, [predict_peak(ARCHS["h256"], L=x, kind="sft")["step"] / MiB for x in ls], color="grey",
-                ls="-.", lw=1, label="model (TRL SFT = SSFT here)")
+                ls="-.", lw=1, label="model: TRL SFT")
     for r in ok:
         if r["spec"].get("old"):
             ax.scatter([r["spec"]["L"]], [r["peak_bytes"] / MiB], color="C3", marker="^", zorder=5,
