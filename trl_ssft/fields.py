@@ -104,8 +104,10 @@ class SSFTFields:
         None,
         "Memory budget of the set-loss pass, in padded tokens per forward + backward: the M matched rows "
         "of a micro-batch are processed in slices within it and their gradients accumulated (exact; under "
-        "DDP only the last slice synchronises gradients). `None`: the longest row of the micro-batch, so "
-        "the peak follows one trace, as in SFT. Ignored under DeepSpeed (one slice).",
+        "DDP only the last slice synchronises gradients). `None`: automatic: the longest row, so the peak "
+        "follows one trace as in SFT, or more rows per slice when the output layer itself trains (full "
+        "fine-tuning) and their activations cost less than the extra copy of its gradient that slicing "
+        "holds (`trl_ssft.rows.auto_slice_tokens`). Ignored under DeepSpeed (one slice).",
     )
 
 

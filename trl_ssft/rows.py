@@ -59,13 +59,36 @@ def loss_tokens(traces: Sequence[list[list[int]]], fork_loss: bool, uses_tokens:
     return sum(len(t) + extra for ts in traces for t in ts)
 
 
-def plan_slices(lengths: Sequence[int], budget: int | None) -> list[list[int]]:
+def auto_slice_tokens(model: torch.nn.Module) -> int:
+    """Smallest slice budget worth having, in tokens, for ``ssft_loss_slice_tokens: None``.
+
+    Slicing keeps one extra copy of a trainable output layer's gradient alive (the earlier slices' sum in
+    ``.grad`` while the next backward builds its own). Rows are worth slicing apart only once their kept
+    activations exceed that copy, so the budget is that gradient's bytes over a rough per-token estimate
+    of the activations a forward keeps (hidden states per layer with gradient checkpointing; about
+    10 x hidden + 3 x intermediate per layer without). Near 0 when the output layer is frozen (LoRA,
+    QLoRA: only forking-token rows or adapters train there).
+    """
+    trained = [p for p in model.get_output_embeddings().parameters() if p.requires_grad]
+    if not trained:
+        return 0
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = int(getattr(cfg, "hidden_size", 1024))
+    layers = int(getattr(cfg, "num_hidden_layers", 12))
+    inter = int(getattr(cfg, "intermediate_size", 4 * hidden))
+    per_layer = hidden if getattr(model, "is_gradient_checkpointing", False) else 10 * hidden + 3 * inter
+    numel = sum(p.numel() for p in trained)  # gradients and activations share the model's dtype
+    return int(numel // (layers * per_layer))
+
+
+def plan_slices(lengths: Sequence[int], budget: int | None, min_budget: int = 0) -> list[list[int]]:
     """Row indices per slice, longest rows first, each slice with rows x longest <= `budget` (>= 1 row).
 
-    `budget` None: the longest row, so a slice holds one long row or several short ones.
+    `budget` None: the longest row or `min_budget`, whichever is larger (one long row, or several short
+    ones, or every row when slicing would cost more than it saves: `auto_slice_tokens`).
     """
     order = sorted(range(len(lengths)), key=lambda r: -lengths[r])
-    budget = max(lengths) if budget is None else budget
+    budget = max(max(lengths), min_budget) if budget is None else budget
     slices: list[list[int]] = []
     for r in order:
         if slices and (len(slices[-1]) + 1) * lengths[slices[-1][0]] <= budget:
@@ -98,16 +121,18 @@ def rows_nll_sum(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, ma
 
 def sliced_set_loss(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, mask: torch.Tensor,
                     labels: torch.Tensor, *, denom: float | torch.Tensor, slice_tokens: int | None, chunk_tokens: int,
-                    scale: float = 1.0, backward: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                    scale: float = 1.0, backward: Callable[[torch.Tensor], None] | None = None,
+                    min_slice_tokens: int = 0) -> torch.Tensor:
     """``sum NLL / denom * scale`` of rows ``[R, S]`` (on the model's device), run in slices of `slice_tokens`.
 
     With `backward`, each slice but the last is back-propagated by it at once; the returned scalar is the
     last slice's loss (with its graph) plus the detached losses of the others, so its value is the loss of
     all rows and its backward adds the last slice's gradients. Without `backward` (evaluation, no grad) the
-    slices are summed. `slice_tokens` None: the longest row per slice (`plan_slices`).
+    slices are summed. `slice_tokens` None: the longest row per slice, at least `min_slice_tokens`
+    (`plan_slices`).
     """
     lengths = mask.sum(-1).tolist()
-    slices = plan_slices(lengths, slice_tokens)
+    slices = plan_slices(lengths, slice_tokens, min_slice_tokens)
     n = max_over_ranks(len(slices), ids.device) if is_distributed() else len(slices)
     shortest = [min(range(len(lengths)), key=lambda r: lengths[r])]
     plan = [(s, 1.0) for s in slices] + [(shortest, 0.0)] * (n - len(slices))  # zero-weighted repeats

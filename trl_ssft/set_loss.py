@@ -32,7 +32,7 @@ from .distributed import all_reduce_sum, check_parallelism
 from .match_metrics import MatchMetricsMixin
 from .matching import get_mode, match_question
 from .output_head import OutputHead
-from .rows import build_rows, loss_tokens, sliced_set_loss
+from .rows import auto_slice_tokens, build_rows, loss_tokens, sliced_set_loss
 from .scoring import ScoringOptions, cost_matrices
 from .state import SSFTStateMixin
 
@@ -189,10 +189,12 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
                 and self.args.world_size > 1):
             scale = float(self.accelerator.num_processes)  # DDP averages the gradients across ranks
         deepspeed = getattr(self, "is_deepspeed_enabled", False)  # its engine owns the backward: one slice
+        unwrapped = self.accelerator.unwrap_model(model)
         loss = sliced_set_loss(
-            model, OutputHead(self.accelerator.unwrap_model(model)), *(x.to(device) for x in rows), denom=denom,
-            scale=scale, slice_tokens=2**62 if deepspeed else self.ssft_args.ssft_loss_slice_tokens,
-            chunk_tokens=self.ssft_args.ssft_logits_chunk_tokens, backward=self._ssft_slice_backward(model, num_items_in_batch),
+            model, OutputHead(unwrapped), *(x.to(device) for x in rows), denom=denom, scale=scale,
+            slice_tokens=2**62 if deepspeed else self.ssft_args.ssft_loss_slice_tokens,
+            min_slice_tokens=auto_slice_tokens(unwrapped), chunk_tokens=self.ssft_args.ssft_logits_chunk_tokens,
+            backward=self._ssft_slice_backward(model, num_items_in_batch),
         )
         return (loss, {"loss": loss}) if return_outputs else loss
 

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import cpu_args
 from trl_ssft import SSFTTrainer
-from trl_ssft.rows import plan_slices
+from trl_ssft.rows import auto_slice_tokens, plan_slices
 
 
 class VocabProbe(TorchDispatchMode):
@@ -77,12 +77,12 @@ def _old_path(trainer, batch):
 @pytest.mark.parametrize("kind", ["tied", "untied"])
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
 def test_sliced_chunked_loss_equals_plain_loss(tiny_models, tmp_path, kind, method):
-    trainer = _trainer(tiny_models[kind], tmp_path, method, ssft_logits_chunk_tokens=7, ssft_loss_slice_tokens=None)
+    trainer = _trainer(tiny_models[kind], tmp_path, method, ssft_logits_chunk_tokens=7, ssft_loss_slice_tokens=1)
     model = trainer.model
     model.train()
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     ref_loss, ref_grads, shape = _old_path(trainer, batch)
-    assert len(plan_slices([shape[1]] * shape[0], None)) > 1  # the default slices this micro-batch
+    assert len(plan_slices([shape[1]] * shape[0], 1)) == shape[0]  # one row per slice
     weight = model.get_output_embeddings().weight
     model.zero_grad(set_to_none=True)
     probe = VocabProbe(weight.shape[0], weight.numel())
@@ -121,6 +121,20 @@ def test_slice_budget_and_chunk_size_do_not_change_the_loss(tiny_models, tmp_pat
         with torch.no_grad():
             losses.append(trainer.compute_loss(trainer.model, batch).item())
     assert losses[1] == pytest.approx(losses[0], rel=1e-6) and losses[2] == pytest.approx(losses[0], rel=1e-6)
+
+
+def test_auto_slice_budget(tiny_models, tmp_path):
+    """`ssft_loss_slice_tokens: None` slices rows apart only when the output layer is frozen (LoRA/QLoRA) or
+    the rows' activations outweigh the extra gradient copy of a trained output layer."""
+    full = _trainer(tiny_models["untied"], tmp_path / "full", "full")
+    lora = _trainer(tiny_models["untied"], tmp_path / "lora", "lora")
+    cfg = full.model.config
+    weight = full.model.get_output_embeddings().weight
+    per_token = cfg.num_hidden_layers * (10 * cfg.hidden_size + 3 * cfg.intermediate_size)
+    assert auto_slice_tokens(full.model) == weight.numel() // per_token > 0
+    assert auto_slice_tokens(lora.model) < 16  # only the forking-token rows train there: slice per row
+    assert plan_slices([5, 9, 3, 4], None, min_budget=100) == [[1, 0, 3, 2]]
+    assert plan_slices([5, 9, 3, 4], None, min_budget=0) == [[1], [0], [3, 2]]
 
 
 def test_plan_slices():
