@@ -279,8 +279,11 @@ def predict_peak(arch: dict, *, L: int, M: int = 1, kind: str = "sft", method: s
     rows = 1
     if kind == "old":
         rows = M
-    elif kind != "sft" and slice_tokens is not None:
-        rows = max(1, min(M, slice_tokens // seq))
+    elif kind != "sft":
+        if slice_tokens is None and method == "full":  # `rows.auto_slice_tokens`: [V, h] grad vs kept activations
+            slice_tokens = V * h // (n_l * (h if gc else 10 * h + 3 * i))
+        if slice_tokens is not None:
+            rows = max(1, min(M, slice_tokens // seq))
     tok = seq * rows
     layer_elems = c["act_h"] * h + c["act_i"] * i + c["act_kv"] * kv
     if method != "full" and lora_dropout:
