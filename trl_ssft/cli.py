@@ -59,18 +59,27 @@ def load_ssft_dataset(name: str, config: str | None = None, streaming: bool = Fa
     return load_dataset(name, config)
 
 
+def parse_recipe(config_cls, prog: str, argv: list[str] | None, model_help: str = ""):
+    """(script args, `config_cls` args, model args) from the command line and/or `--config recipe.yaml`
+    (TrlParser); a model and a dataset are required."""
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    parser = TrlParser((ScriptArguments, config_cls, ModelConfig), prog=prog)
+    script_args, args, model_args = parser.parse_args_and_config(argv)
+    if not model_args.model_name_or_path:
+        parser.error(f"--model_name_or_path is required{model_help}")
+    if not script_args.dataset_name:
+        parser.error("--dataset_name is required (a local .jsonl/.json/.parquet file, a saved dataset, or a name)")
+    return script_args, args, model_args
+
+
 def train_main(argv: list[str] | None = None) -> int:
-    from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+    from trl import get_peft_config, get_quantization_config
 
     from .config import SSFTConfig
     from .trainer import SSFTTrainer
 
-    parser = TrlParser((ScriptArguments, SSFTConfig, ModelConfig), prog="trl-ssft train")
-    script_args, training_args, model_args = parser.parse_args_and_config(argv)
-    if not model_args.model_name_or_path:
-        parser.error("--model_name_or_path is required")
-    if not script_args.dataset_name:
-        parser.error("--dataset_name is required (a local .jsonl/.json/.parquet file, a saved dataset, or a name)")
+    script_args, training_args, model_args = parse_recipe(SSFTConfig, "trl-ssft train", argv)
     quantization_config = get_quantization_config(model_args)
     model_kwargs = dict(training_args.model_init_kwargs or {})
     if getattr(model_args, "model_revision", None):

@@ -40,6 +40,8 @@ from __future__ import annotations
 import random
 import re
 
+from .synthetic import corpus  # noqa: F401  (texts for the tiny tokenizer: one home, shared by both families)
+
 MODES = ("forward", "pairs", "cross", "outer")
 
 
@@ -116,12 +118,3 @@ def make_rows(num_questions: int, seed: int = 0, modes: tuple[str, ...] = MODES,
             "answer": str(sum(q)),
         })
     return rows
-
-
-def corpus(rows: list[dict]) -> list[str]:
-    """Texts to train a tiny tokenizer on (prompts and traces)."""
-    out = []
-    for r in rows:
-        out.append(r["prompt"][0]["content"] if isinstance(r["prompt"], list) else r["prompt"])
-        out.extend(r["traces"])
-    return out

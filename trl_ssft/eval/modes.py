@@ -44,32 +44,26 @@ def _nearest_trace_factory(rows: Sequence[dict]) -> tuple[ModeClassifier, list[s
     return nearest_trace_classifier, names
 
 
-def _synthetic_factory(rows: Sequence[dict]) -> tuple[ModeClassifier, list[str]]:
-    """The demo family's classifier, imported by name only when asked for."""
-    synthetic = importlib.import_module("trl_ssft.demo.synthetic")
+def _family_factory(module: str) -> ClassifierFactory:
+    """The classifier of a demo question family (`parse_question`, `classify_mode`, `MODES`), imported by
+    name only when asked for."""
 
-    def classify(text: str, row: dict) -> str:
-        q = synthetic.parse_question(prompt_text(row["prompt"]))
-        return "other" if q is None else synthetic.classify_mode(text, q)
+    def factory(rows: Sequence[dict]) -> tuple[ModeClassifier, list[str]]:
+        family = importlib.import_module(module)
 
-    return classify, list(synthetic.MODES)
+        def classify(text: str, row: dict) -> str:
+            q = family.parse_question(prompt_text(row["prompt"]))
+            return "other" if q is None else family.classify_mode(text, q)
 
+        return classify, list(family.MODES)
 
-def _digitsum_factory(rows: Sequence[dict]) -> tuple[ModeClassifier, list[str]]:
-    """The digit-sum demo family's classifier (`trl_ssft.demo.digitsum`), imported when asked for."""
-    family = importlib.import_module("trl_ssft.demo.digitsum")
-
-    def classify(text: str, row: dict) -> str:
-        q = family.parse_question(prompt_text(row["prompt"]))
-        return "other" if q is None else family.classify_mode(text, q)
-
-    return classify, list(family.MODES)
+    return factory
 
 
 MODE_CLASSIFIERS: dict[str, ClassifierFactory] = {
     "nearest-trace": _nearest_trace_factory,
-    "synthetic": _synthetic_factory,
-    "digitsum": _digitsum_factory,
+    "synthetic": _family_factory("trl_ssft.demo.synthetic"),
+    "digitsum": _family_factory("trl_ssft.demo.digitsum"),
 }
 
 

@@ -48,19 +48,15 @@ def load_policy(path: str, model_args, training_args, quantization_config):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+    from trl import get_peft_config, get_quantization_config
 
-    from ..cli import load_ssft_dataset
+    from ..cli import load_ssft_dataset, parse_recipe
     from ..state import read_ssft_state
     from .config import GFPOConfig
     from .trainer import GFPOTrainer
 
-    parser = TrlParser((ScriptArguments, GFPOConfig, ModelConfig), prog="trl-ssft gfpo")
-    script_args, args, model_args = parser.parse_args_and_config(argv)
-    if not model_args.model_name_or_path:
-        parser.error("--model_name_or_path is required (an SSFT model or adapter dir)")
-    if not script_args.dataset_name:
-        parser.error("--dataset_name is required (a local .jsonl/.json/.parquet file, a saved dataset, or a name)")
+    script_args, args, model_args = parse_recipe(GFPOConfig, "trl-ssft gfpo", argv,
+                                                 " (an SSFT model or adapter dir)")
     path = model_args.model_name_or_path
     model, tokenizer, full = load_policy(path, model_args, args, get_quantization_config(model_args))
     data = load_ssft_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)

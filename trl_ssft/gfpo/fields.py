@@ -7,7 +7,9 @@ removed "Group Filtered Policy Optimization".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+
+from ..fields import option
 
 TOKEN_CHOICES = ("sample", "enumerate", "free")
 TRAINABLE = ("all", "adapter", "fork_rows")
@@ -18,72 +20,62 @@ EXTRACT_MODES = ("boxed", "fallback")
 class GFPOFields:
     """The `gfpo_*` options, shared by the TRL config and the Axolotl plugin's schema."""
 
-    gfpo_token_choice: str = field(
-        default="sample",
-        metadata={
-            "help": "How each rollout gets its forking token. `sample`: drawn from the model's own distribution "
-            "restricted to the N forking tokens (on-policy, the default). `enumerate`: rollout k of a group gets "
-            "token k mod N, so every token is tried on every question (needs num_generations >= N). `free`: the "
-            "model's own first generated token; a rollout that does not start with a forking token gets no reward "
-            "(advantage 0). In every mode the policy gradient is taken at the forking-token position only."
-        },
+    gfpo_token_choice: str = option(
+        "sample",
+        "How each rollout gets its forking token. `sample`: drawn from the model's own distribution "
+        "restricted to the N forking tokens (on-policy, the default). `enumerate`: rollout k of a group "
+        "gets token k mod N, so every token is tried on every question (needs num_generations >= N). "
+        "`free`: the model's own first generated token; a rollout that does not start with a forking "
+        "token gets no reward (advantage 0). In every mode the policy gradient is taken at the forking- "
+        "token position only.",
     )
-    gfpo_token_temperature: float = field(
-        default=1.0,
-        metadata={"help": "Temperature of the forking-token draw in `sample` mode (over the N-way distribution)."},
+    gfpo_token_temperature: float = option(
+        1.0,
+        "Temperature of the forking-token draw in `sample` mode (over the N-way distribution).",
     )
-    gfpo_trainable: str = field(
-        default="all",
-        metadata={
-            "help": "Which parameters GFPO trains. `all`: whatever the model trains (every weight of a full model, "
-            "the adapter of a PEFT model). `adapter`: the same, but require a PEFT (LoRA/QLoRA) model. `fork_rows`: "
-            "only the forking-token rows of the output layer (an untied output layer, or a PEFT adapter's trainable "
-            "output-layer rows): a cheap per-question router on the last hidden state; the rollouts' behaviour "
-            "after a forced token cannot change. Needs weight_decay 0."
-        },
+    gfpo_trainable: str = option(
+        "all",
+        "Which parameters GFPO trains. `all`: whatever the model trains (every weight of a full model, "
+        "the adapter of a PEFT model). `adapter`: the same, but require a PEFT (LoRA/QLoRA) model. "
+        "`fork_rows`: only the forking-token rows of the output layer (an untied output layer, or a PEFT "
+        "adapter's trainable output-layer rows): a cheap per-question router on the last hidden state; "
+        "the rollouts' behaviour after a forced token cannot change. Needs weight_decay 0.",
     )
-    gfpo_fork_mass_coef: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of an extra loss term -log(sum of the N forking tokens' probabilities) after the prompt, "
-            "so that plain samplers emit a forking token (models trained with ssft_fork_token_loss false put little "
-            "mass on them). 0 turns it off (no extra forward pass)."
-        },
+    gfpo_fork_mass_coef: float = option(
+        0.0,
+        "Weight of an extra loss term -log(sum of the N forking tokens' probabilities) after the prompt, "
+        "so that plain samplers emit a forking token (models trained with ssft_fork_token_loss false put "
+        "little mass on them). 0 turns it off (no extra forward pass).",
     )
-    gfpo_fork_tokens: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "The forking-token names. Default: `fork_tokens` of the model's ssft_state.json, else "
-            "`gfpo_fork_token_template` with i = 1, 2, ... while the tokenizer has it."
-        },
+    gfpo_fork_tokens: list[str] | None = option(
+        None,
+        "The forking-token names. Default: `fork_tokens` of the model's ssft_state.json, else "
+        "`gfpo_fork_token_template` with i = 1, 2, ... while the tokenizer has it.",
     )
-    gfpo_fork_token_template: str = field(
-        default="<think{i}>",
-        metadata={"help": "Name of forking token i (1-based), used when neither gfpo_fork_tokens nor a state file name them."},
+    gfpo_fork_token_template: str = option(
+        "<think{i}>",
+        "Name of forking token i (1-based), used when neither gfpo_fork_tokens nor a state file name "
+        "them.",
     )
-    gfpo_reward_funcs: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Reward functions as dotted paths (`module.function`), used by `trl-ssft gfpo` and when the "
-            "trainer gets no `reward_funcs`. Default: `trl_ssft.gfpo.rewards.correctness_reward` (1 when the "
-            "final answer equals the dataset's answer column). Every reward function also receives "
-            "`gfpo_fork_token`, `gfpo_fork_index` and `gfpo_continuation_ids` per rollout."
-        },
+    gfpo_reward_funcs: list[str] | None = option(
+        None,
+        "Reward functions as dotted paths (`module.function`), used by `trl-ssft gfpo` and when the "
+        "trainer gets no `reward_funcs`. Default: `trl_ssft.gfpo.rewards.correctness_reward` (1 when the "
+        "final answer equals the dataset's answer column). Every reward function also receives "
+        "`gfpo_fork_token`, `gfpo_fork_index` and `gfpo_continuation_ids` per rollout.",
     )
-    gfpo_answer_column: str = field(
-        default="answer",
-        metadata={"help": "Dataset column with the reference answer, read by the correctness reward."},
+    gfpo_answer_column: str = option(
+        "answer",
+        "Dataset column with the reference answer, read by the correctness reward.",
     )
-    gfpo_answer_extract: str = field(
-        default="boxed",
-        metadata={
-            "help": "Answer extraction of the correctness reward (`trl_ssft.eval.answers`): `boxed` (the last "
-            "\\boxed{}) or `fallback` (the authors' order: boxed, 'final answer is', 'Answer:', last number)."
-        },
+    gfpo_answer_extract: str = option(
+        "boxed",
+        "Answer extraction of the correctness reward (`trl_ssft.eval.answers`): `boxed` (the last "
+        "\boxed{}) or `fallback` (the authors' order: boxed, 'final answer is', 'Answer:', last number).",
     )
-    gfpo_math_verify: bool | None = field(
-        default=None,
-        metadata={"help": "Use math-verify for answer equality (None: when installed), after string/number equality."},
+    gfpo_math_verify: bool | None = option(
+        None,
+        "Use math-verify for answer equality (None: when installed), after string/number equality.",
     )
 
 
