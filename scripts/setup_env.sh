@@ -31,7 +31,7 @@ want="$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)-$flavo
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
-echo "[setup] creating $venv ($flavour end of the supported range); this takes a few minutes the first time" >&2
+echo "[setup] creating $venv ($flavour environment); this takes a few minutes the first time" >&2
 "$PY" -m venv "$venv"
 pipq() { "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 pipq "torch==2.13.0"
