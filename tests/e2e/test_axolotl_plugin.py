@@ -34,12 +34,14 @@ FORKS6 = [f"<think{i}>" for i in range(1, 7)]
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """Tiny tied Qwen2 and untied Llama (each with 8 train / 4 eval synthetic rows, M=4 traces)."""
+    """Tiny tied Qwen2 and untied Llama (each with 8 train / 4 eval rows of the `synthetic` family, M=4 traces;
+    its "columns" trace is the long one that the trace-policy test drops)."""
     from trl_ssft.demo.assets import build_demo_assets
 
     base = tmp_path_factory.mktemp("axolotl_assets")
-    tied = build_demo_assets(str(base / "tied"), num_train=8, num_eval=4)
-    untied = build_demo_assets(str(base / "untied"), num_train=8, num_eval=4, arch="llama", tied=False)
+    tied = build_demo_assets(str(base / "tied"), num_train=8, num_eval=4, family="synthetic")
+    untied = build_demo_assets(str(base / "untied"), num_train=8, num_eval=4, arch="llama", tied=False,
+                               family="synthetic")
     return {"tied": tied, "untied": untied, "base": base}
 
 
