@@ -80,21 +80,10 @@ N_FORK, PROMPT, MATCH_T = 6, 64, 256  # N = max(6, M): every trace of the questi
 
 # ============================================================================= one measurement (child process)
 def build_tokenizer(vocab_size: int):
-    """Word-level tokenizer with exactly `vocab_size` entries (4 specials + w0, w1, ...)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """`trl_ssft.demo.tiny.build_word_tokenizer`: exactly `vocab_size` entries."""
+    from trl_ssft.demo.tiny import build_word_tokenizer
 
-    from trl_ssft.demo.tiny import QWEN_CHAT_TEMPLATE, SPECIAL_TOKENS
-
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    for i in range(vocab_size - len(vocab)):
-        vocab[f"w{i}"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
-                                   unk_token="<|endoftext|>")
-    fast.chat_template = QWEN_CHAT_TEMPLATE
-    return fast
+    return build_word_tokenizer(vocab_size)
 
 
 def _status(key: str) -> int:

@@ -110,3 +110,20 @@ def save_tiny_model(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def build_word_tokenizer(vocab_size: int):
+    """A word-level chat tokenizer with exactly `vocab_size` entries (4 special tokens + words w0, w1, ...):
+    for benchmarks at a real vocabulary size (e.g. Qwen2.5's 151,936) on random token ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for i in range(vocab_size - len(vocab)):
+        vocab[f"w{i}"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
+                                   unk_token="<|endoftext|>")
+    fast.chat_template = QWEN_CHAT_TEMPLATE
+    return fast
