@@ -60,8 +60,8 @@ def load_ssft_dataset(name: str, config: str | None = None, streaming: bool = Fa
 
 
 def parse_recipe(config_cls, prog: str, argv: list[str] | None, model_help: str = ""):
-    """(script args, `config_cls` args, model args) from the command line and/or `--config recipe.yaml`
-    (TrlParser); a model and a dataset are required."""
+    """(script args, `config_cls` args, model args, the parser) from the command line and/or
+    `--config recipe.yaml` (TrlParser); a model and a dataset are required."""
     from trl import ModelConfig, ScriptArguments, TrlParser
 
     parser = TrlParser((ScriptArguments, config_cls, ModelConfig), prog=prog)
@@ -70,7 +70,7 @@ def parse_recipe(config_cls, prog: str, argv: list[str] | None, model_help: str 
         parser.error(f"--model_name_or_path is required{model_help}")
     if not script_args.dataset_name:
         parser.error("--dataset_name is required (a local .jsonl/.json/.parquet file, a saved dataset, or a name)")
-    return script_args, args, model_args
+    return script_args, args, model_args, parser
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -79,7 +79,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from .config import SSFTConfig
     from .trainer import SSFTTrainer
 
-    script_args, training_args, model_args = parse_recipe(SSFTConfig, "trl-ssft train", argv)
+    script_args, training_args, model_args, parser = parse_recipe(SSFTConfig, "trl-ssft train", argv)
     quantization_config = get_quantization_config(model_args)
     model_kwargs = dict(training_args.model_init_kwargs or {})
     if getattr(model_args, "model_revision", None):

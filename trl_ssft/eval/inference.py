@@ -24,7 +24,7 @@ import torch
 
 from ..data import encode_prompt, render_prompt
 from ..state import STATE_FILE, read_ssft_state  # noqa: F401  (read_ssft_state re-exported)
-from ..tokens import pad_token_id
+from ..tokens import fork_token_ids, pad_token_id  # fork_token_ids: the one names -> ids rule
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +92,6 @@ def load_ssft_model(path: str, device: str | torch.device | None = None, dtype: 
                          "pass fork_tokens=[...]")
     ids = fork_token_ids(tokenizer, names)
     return SSFTModel(model, tokenizer, names, ids, state.get("pass1_token"), state)
-
-
-def fork_token_ids(tokenizer, names: Sequence[str]) -> list[int]:
-    """Ids of the forking tokens; ValueError if one is not a single token of `tokenizer`."""
-    ids = []
-    for n in names:
-        enc = tokenizer(n, add_special_tokens=False)["input_ids"]
-        if len(enc) != 1:
-            raise ValueError(f"forking token {n!r} is not a single token of this tokenizer (encodes to {enc})")
-        ids.append(enc[0])
-    return ids
 
 
 # ---------------------------------------------------------------- prompts

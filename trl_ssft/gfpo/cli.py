@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import GFPOConfig
     from .trainer import GFPOTrainer
 
-    script_args, args, model_args = parse_recipe(GFPOConfig, "trl-ssft gfpo", argv,
-                                                 " (an SSFT model or adapter dir)")
+    script_args, args, model_args, _ = parse_recipe(GFPOConfig, "trl-ssft gfpo", argv,
+                                                    " (an SSFT model or adapter dir)")
     path = model_args.model_name_or_path
     model, tokenizer, full = load_policy(path, model_args, args, get_quantization_config(model_args))
     data = load_ssft_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
