@@ -135,12 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd == "train":
-        return train_main(rest)
-    if cmd == "gfpo":
-        from .gfpo.cli import main as gfpo_main
+    if cmd in ("train", "gfpo"):
+        from .distributed import shutdown
 
-        return gfpo_main(rest)
+        if cmd == "train":
+            rc = train_main(rest)
+        else:
+            from .gfpo.cli import main as gfpo_main
+
+            rc = gfpo_main(rest)
+        shutdown()  # on success only: after an error a barrier could wait for ranks that are gone
+        return rc
     if cmd == "eval":
         from .eval.cli import main as eval_main
 

@@ -109,6 +109,9 @@ def main() -> None:
         with open(os.path.join(a.out, "history.json"), "w") as f:
             json.dump({"log_history": trainer.state.log_history, "global_step": trainer.state.global_step,
                        "match_counts": [int(c) for c in trainer.ssft_match_counts]}, f)
+    from trl_ssft.distributed import shutdown
+
+    shutdown()
 
 
 if __name__ == "__main__":

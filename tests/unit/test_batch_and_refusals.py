@@ -71,3 +71,16 @@ def test_data_parallel_layouts_pass():
     for pc in (None, SimpleNamespace(cp_size=1, sp_size=1), SimpleNamespace(dp_shard_size=8)):
         check_parallelism(SimpleNamespace(accelerator=SimpleNamespace(parallelism_config=pc),
                                           args=SimpleNamespace(parallelism_config=None)))
+
+
+def test_shutdown_destroys_the_process_group(tmp_path):
+    """The CLIs end with `shutdown()`: left alive, a gloo group can abort the process at exit (exit -6)."""
+    import torch.distributed as dist
+
+    from trl_ssft.distributed import shutdown
+
+    shutdown()  # no group: a no-op
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    shutdown()
+    assert not dist.is_initialized()
