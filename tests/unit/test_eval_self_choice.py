@@ -86,6 +86,17 @@ def test_self_chosen_pass1_and_cons_follow_the_choices(gfpo_model, monkeypatch):
     if all(v != 2 for v in votes):
         assert sc["cons_at_n"] == pytest.approx((1 + 0 + q2_cons) / 3)
     assert rep["pass1_per_token"] == {NAMES[0]: 1.0, NAMES[1]: 1.0, NAMES[2]: 0.0, NAMES[3]: 0.0}
+    # keep_samples: the self-chosen samples follow the forced ones, each with its drawn token
+    kept = E.evaluate_model(sm, data, rounds=3, max_new_tokens=4, mode_classifier="none", progress=False,
+                            keep_samples=True)
+    forced = [x for x in kept["samples"] if not x["self_chosen"]]
+    own = [x for x in kept["samples"] if x["self_chosen"]]
+    assert len(forced) == len(own) == 3 * 4 * 3 and "samples" not in kept["self_chosen"]
+    assert {x["token"] for x in own if x["question"] == 0} == {NAMES[1]}
+    assert all(x["correct"] == (x["token"] in NAMES[:2]) for x in own)
+    for qi in range(3):
+        drawn = [x["token"] for x in sorted((x for x in own if x["question"] == qi), key=lambda x: (x["round"], x["slot"]))]
+        assert drawn == kept["self_chosen"]["per_question"][qi]["tokens"]
 
 
 def test_draws_follow_the_probabilities_and_plain_models_are_not_self_chosen(tmp_path):

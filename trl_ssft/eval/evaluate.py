@@ -243,14 +243,14 @@ def _modes_report(modes, labels: list[str], classifier: str, mode_names: list[st
 
 
 def _self_chosen(sm: SSFTModel, rows: list[dict], plan: _Plan, strategy: str, rules: EvalRules, gen: dict,
-                 classify) -> dict:
+                 classify, keep_samples: bool) -> dict:
     """The model's own token: N self-chosen samples per question and round (`self_choice.self_chosen_report`)."""
-    return self_chosen_report(sm, rows, plan.tokens, plan.rounds, strategy, rules, gen, classify)
+    return self_chosen_report(sm, rows, plan.tokens, plan.rounds, strategy, rules, gen, classify, keep_samples)
 
 
 def _samples_list(s: dict, labels: list[str]) -> list[dict]:
     q, n, r_ = s["texts"].shape
-    return [{"question": qi, "token": labels[i], "round": r, "text": s["texts"][qi, i, r],
+    return [{"question": qi, "token": labels[i], "round": r, "self_chosen": False, "text": s["texts"][qi, i, r],
              "answer": s["answers"][qi, i, r], "correct": bool(s["correct"][qi, i, r]), "mode": s["modes"][qi, i, r]}
             for qi in range(q) for r in range(r_) for i in range(n)]
 
@@ -315,7 +315,8 @@ def evaluate_model(
     rounds identical, so it runs one round. `self_choose` (``argmax`` / ``sample``) also evaluates
     the model's own token choice (`self_choice`: N self-chosen samples per question and round, Pass@1,
     Cons@N, each question's choices); None: ``sample`` for a model whose ssft_state.json has
-    ``pass1_choice: "self"`` (GFPO), else off; ``"none"``: off.
+    ``pass1_choice: "self"`` (GFPO), else off; ``"none"``: off. `keep_samples`: ``report["samples"]``
+    lists every sample (forced tokens, then the self-chosen ones with ``"self_chosen": True``).
 
     Scoring rules (recorded in ``report["rules"]``, explained in docs/metrics.md):
     `math_verify` (None: when installed, else normalised strings); `missing_answers` ``skip``
@@ -350,10 +351,10 @@ def evaluate_model(
         report["modes"] = _modes_report(s["modes"], plan.labels, resolve_classifier_name(mode_classifier, rows),
                                         mode_names)
     if self_choose and plan.use_fork_tokens:
-        report["self_chosen"] = _self_chosen(sm, rows, plan, self_choose, rules, gen, classify)
+        report["self_chosen"] = _self_chosen(sm, rows, plan, self_choose, rules, gen, classify, keep_samples)
     report["seconds"] = round(time.time() - t0, 2)
-    if keep_samples:
-        report["samples"] = _samples_list(s, plan.labels)
+    if keep_samples:  # forced samples, then the self-chosen ones ("self_chosen": True)
+        report["samples"] = _samples_list(s, plan.labels) + report.get("self_chosen", {}).pop("samples", [])
     return report
 
 

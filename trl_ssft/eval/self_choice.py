@@ -47,8 +47,12 @@ def draw_tokens(probs: torch.Tensor, strategy: str, draws: int, seed: int) -> li
 
 
 def self_chosen_report(sm: SSFTModel, rows: list[dict], tokens: list[str], rounds: int, strategy: str, rules,
-                       gen: dict, classify) -> dict:
-    """Generate N x R self-chosen samples per question and score them (see the module docstring)."""
+                       gen: dict, classify, keep_samples: bool = False) -> dict:
+    """Generate N x R self-chosen samples per question and score them (see the module docstring).
+
+    keep_samples: also return every sample under ``"samples"`` (question, round, slot, the drawn token, text,
+    answer, correctness, mode; ``"self_chosen": True``), in the layout of the forced samples.
+    """
     from .evaluate import _generate, _score
 
     n = len(tokens)
@@ -74,6 +78,11 @@ def self_chosen_report(sm: SSFTModel, rows: list[dict], tokens: list[str], round
                               for k, t in enumerate(tokens)},
         "per_question": [_question(q, picks[q], probs[q], s["correct"][q], tokens, has) for q in range(len(rows))],
     }
+    if keep_samples:
+        out["samples"] = [{"question": q, "token": tokens[int(chosen[q, i, r])], "round": r, "slot": i,
+                           "self_chosen": True, "text": s["texts"][q, i, r], "answer": s["answers"][q, i, r],
+                           "correct": bool(s["correct"][q, i, r]), "mode": s["modes"][q, i, r]}
+                          for q in range(len(rows)) for r in range(rounds) for i in range(n)]
     tops = [p["top_token"] for p in out["per_question"]]
     out["token_counts"] = {t: tops.count(t) for t in tokens}  # questions whose most-chosen token is t
     if classify is not None:
