@@ -34,7 +34,7 @@ from .matching import get_mode, match_question
 from .output_head import OutputHead
 from .rows import auto_slice_tokens, build_rows, loss_tokens, sliced_set_loss
 from .scoring import ScoringOptions, cost_matrices
-from .state import SSFTStateMixin
+from .state import SSFTStateMixin, resume_dir
 
 
 def question_key(prompt: list[int]) -> int:
@@ -228,13 +228,8 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self.ssft_args is not None:
             check_parallelism(self)
-        if resume_from_checkpoint is not None and resume_from_checkpoint is not False and self.ssft_args:
-            path = resume_from_checkpoint
-            if isinstance(path, bool):
-                from transformers.trainer_utils import get_last_checkpoint
-
-                path = get_last_checkpoint(self.args.output_dir)
-            if path:
-                self.ssft_load_state(path)
+        path = resume_dir(resume_from_checkpoint, self.args.output_dir) if self.ssft_args else None
+        if path:
+            self.ssft_load_state(path)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 

@@ -38,6 +38,20 @@ def write_ssft_state(path: str, state: dict) -> None:
     os.replace(tmp, os.path.join(path, STATE_FILE))
 
 
+def resume_dir(resume_from_checkpoint, output_dir: str) -> str | None:
+    """The checkpoint dir a `Trainer.train(resume_from_checkpoint=...)` call resumes from, or None.
+
+    A path is returned as is; True means the last ``checkpoint-*`` in `output_dir` (None when there is none).
+    """
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return None
+    if isinstance(resume_from_checkpoint, bool):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(output_dir)
+    return resume_from_checkpoint
+
+
 class SSFTStateMixin:
     """Match counts of a trainer: counted during training, saved with every checkpoint, restored on resume.
 

@@ -330,3 +330,20 @@ def test_readme_documents_every_gfpo_option():
     assert "## GFPO (stage 2)" in text and text.index("## GFPO (stage 2)") < text.index("## Options")
     for f in fields(GFPOFields):
         assert f"| `{f.name}` |" in text, f"{f.name} missing from the README's GFPO table"
+
+
+def test_resume_restores_the_token_counts(toy, tmp_path):
+    """A run resumed from a checkpoint continues the per-token rollout counts and rewards of ssft_state.json."""
+    from trl_ssft.state import read_ssft_state
+
+    first = make_trainer(toy, tmp_path, gfpo_token_choice="enumerate", max_steps=2, save_strategy="steps",
+                         save_steps=2)
+    first.train()
+    saved = read_ssft_state(str(tmp_path / "out" / "checkpoint-2"))["gfpo"]
+    assert sum(saved["token_counts"]) == 2 * 8 and saved["token_counts"] == [4, 4, 4, 4]
+    second = make_trainer(toy, tmp_path, gfpo_token_choice="enumerate", max_steps=3, save_strategy="steps",
+                          save_steps=2)
+    second.train(resume_from_checkpoint=True)
+    state = second.gfpo_state()
+    assert state["global_step"] == 3 and state["token_counts"] == [6, 6, 6, 6]
+    assert state["token_reward_sums"][0] >= saved["token_reward_sums"][0]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..eval.inference import _left_pad, find_fork_tokens
-from ..state import read_ssft_state, write_ssft_state
+from ..state import read_ssft_state, resume_dir, write_ssft_state
 from ..tokens import fork_token_ids, pad_token_id
 from .fields import GFPOFields
 from .params import apply_trainable
@@ -307,6 +307,7 @@ class GFPOMixin:
             "beta": float(getattr(self.args, "beta", 0.0)), "loss_type": getattr(self.args, "loss_type", None),
             "learning_rate": float(self.args.learning_rate), "global_step": int(self.state.global_step),
             "token_counts": counts, "token_mean_reward": means, "no_fork_rollouts": int(self.gfpo_no_fork),
+            "token_reward_sums": [float(x) for x in self.gfpo_reward_sums],
         }
 
     def write_gfpo_state(self, output_dir: str) -> None:
@@ -320,6 +321,28 @@ class GFPOMixin:
         state["pass1_choice"] = "self"
         state["gfpo"] = self.gfpo_state()
         write_ssft_state(output_dir, state)
+
+    def gfpo_load_state(self, checkpoint_dir: str) -> None:
+        """Restore the per-token rollout counts and reward sums of `checkpoint_dir` (a warning when absent)."""
+        block = read_ssft_state(checkpoint_dir).get("gfpo")
+        if not block:
+            logger.warning("no gfpo block in %s/ssft_state.json: GFPO token counts restart from zero", checkpoint_dir)
+            return
+        counts = np.asarray(block["token_counts"], dtype=np.int64)
+        if len(counts) != len(self.gfpo_fork_ids):
+            raise ValueError(f"checkpoint {checkpoint_dir} has GFPO counts for {len(counts)} forking tokens, "
+                             f"this run uses {len(self.gfpo_fork_ids)}")
+        self.gfpo_counts = counts
+        self.gfpo_reward_sums = np.asarray(block.get("token_reward_sums") or
+                                           [(m or 0.0) * c for m, c in zip(block["token_mean_reward"], counts)],
+                                           dtype=np.float64)
+        self.gfpo_no_fork = int(block.get("no_fork_rollouts", 0))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        path = resume_dir(resume_from_checkpoint, self.args.output_dir) if self.gfpo_args is not None else None
+        if path:
+            self.gfpo_load_state(path)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call=_internal_call)
