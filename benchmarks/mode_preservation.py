@@ -2,6 +2,12 @@
 
     python benchmarks/mode_preservation.py --seeds 0,1,2   # writes docs/mode_preservation.{md,png,json}
 
+Seeds in parallel processes (one core each), then one report over all of them:
+
+    python benchmarks/mode_preservation.py --seeds 0 --out-dir /tmp/mp0 &
+    python benchmarks/mode_preservation.py --seeds 1 --out-dir /tmp/mp1; wait
+    python benchmarks/mode_preservation.py --seeds 0,1,2 --reuse   # trains only what is missing (seed 2)
+
 Data: `trl_ssft.demo.digitsum` (the demo family, the default: sum of four digits, four correct
 strategies forward / pairs / cross / outer with different hard questions) or, with
 ``--family synthetic``, `trl_ssft.demo.synthetic` (three two-digit numbers); each trace's mode is
@@ -76,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--methods", default="hungarian,random,none",
                    help="which to train, in this order; NAME:NOISE overrides --fork-init-noise for one run "
                    "(e.g. hungarian:0.1 adds SSFT at the library's default noise 0.1 as an ablation)")
+    p.add_argument("--reuse", action="store_true",
+                   help="skip the training of a (seed, method) whose model and training.json are already in --work-dir "
+                   "(so seeds can be trained by separate processes, then evaluated and reported by one run)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: a model this small runs fastest single-threaded, and a shared "
                    "machine does not thrash)")
@@ -90,6 +99,15 @@ def train(spec: str, base_dir: str, rows: list[dict], a, seed: int = 0) -> dict:
 
     method, noise = split_method(spec, a.fork_init_noise)
     out = os.path.join(a.work_dir, f"seed{seed}", spec.replace(":", "_noise"))
+    record = os.path.join(out, "training.json")
+    if getattr(a, "reuse", False) and os.path.exists(record):
+        with open(record) as f:
+            done = json.load(f)
+        same = (done.get("steps"), done.get("batch_size"), done.get("lr"), done.get("fork_init_noise")) == (
+            a.steps, a.batch_size, a.lr, noise)
+        if same:
+            return {**done, "dir": out, "reused": True}
+        print(f"   {out}: trained with other settings, training again", flush=True)
     cfg = SSFTConfig(
         output_dir=out, bf16=False, use_cpu=True, report_to=[], seed=seed, ssft_assignment=method,
         ssft_num_fork_tokens=a.num_tokens, ssft_fork_init_noise=noise, max_steps=a.steps,
@@ -102,9 +120,12 @@ def train(spec: str, base_dir: str, rows: list[dict], a, seed: int = 0) -> dict:
     result = trainer.train()
     trainer.save_model()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": round(time.time() - t0, 1), "final_loss": float(losses[-1]) if losses else None,
+    done = {"seconds": round(time.time() - t0, 1), "final_loss": float(losses[-1]) if losses else None,
             "train_loss": float(result.training_loss), "match_counts": [int(c) for c in trainer.ssft_match_counts],
-            "dir": out}
+            "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "fork_init_noise": noise}
+    with open(record, "w") as f:  # written last: its presence means the model is complete (--reuse)
+        json.dump(done, f)
+    return {**done, "dir": out}
 
 
 SETTINGS = (("greedy", dict(greedy=True)), ("T=0.7", dict(temperature=0.7, top_p=0.95)),
