@@ -81,15 +81,18 @@ def write_yaml(path: Path, cfg: dict) -> str:
     return str(path)
 
 
-def run_cli(cfg_path: str, *, timeout: int = 300, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """`axolotl train CFG` (the real console script, python launcher) in a subprocess; output captured."""
+def run_cli(cfg_path: str, *, timeout: int = 300, extra: tuple[str, ...] = (),
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """`axolotl train CFG` (the real console script, python launcher) in a subprocess; output captured.
+    `env`: extra environment variables (e.g. PYTHONPATH for a reward module)."""
     axolotl = str(Path(sys.executable).parent / "axolotl")
     cmd = [axolotl, "train", cfg_path, "--launcher", "python", *extra]
-    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def run_ok(cfg_path: str, timeout: int = 300) -> str:
-    proc = run_cli(cfg_path, timeout=timeout)
+def run_ok(cfg_path: str, timeout: int = 300, env: dict | None = None) -> str:
+    proc = run_cli(cfg_path, timeout=timeout, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"axolotl train failed (rc={proc.returncode}):\n{out[-6000:]}"
     return out

@@ -79,6 +79,33 @@ def test_axolotl_train_runs_gfpo_by_config_flags(ssft_model, tmp_path):
     for key in ("gfpo/entropy", "gfpo/fork_mass", f"gfpo/prob/{NAMES[0]}", f"gfpo/usage/{NAMES[3]}"):
         assert key in hist[0], sorted(hist[0])
     assert "GFPO token counts over 2 steps" in log
+    assert "rewards/correctness_reward/mean" in hist[0]  # the default reward, set by the plugin
+
+
+TOY_REWARD = '''
+def first_token_reward(prompts, completions, gfpo_fork_token, **kwargs):
+    """1 for rollouts after <think1>, else 0: a reward that varies, so the policy must move."""
+    return [1.0 if t == "<think1>" else 0.0 for t in gfpo_fork_token]
+'''
+
+
+@pytest.mark.axolotl
+def test_axolotl_gfpo_learns_from_a_reward_that_varies(ssft_model, tmp_path):
+    """A custom TRL reward by dotted path (`trl.reward_funcs`): it receives the forking token, and the
+    rewarded token's probability rises over the steps of the real `axolotl train` run."""
+    (tmp_path / "toy_reward_mod.py").write_text(TOY_REWARD)
+    cfg = gfpo_recipe(ssft_model["model"], ssft_model["data"], tmp_path, gfpo_token_choice="enumerate", max_steps=4,
+                      save_steps=4, learning_rate=0.01)
+    cfg["trl"] = {**cfg["trl"], "reward_funcs": ["toy_reward_mod.first_token_reward"]}
+    run_ok(write_yaml(tmp_path / "gfpo.yaml", cfg), timeout=600, env={"PYTHONPATH": str(tmp_path)})
+    out = Path(cfg["output_dir"])
+    g = ssft_state(out)["gfpo"]
+    assert g["token_counts"] == [8, 8, 8, 8]  # enumerate: 4 steps x 2 questions x one rollout per token
+    assert g["token_mean_reward"] == [1.0, 0.0, 0.0, 0.0]
+    hist = [h for h in log_history(out / "checkpoint-4") if "loss" in h]
+    assert all(h["rewards/first_token_reward/mean"] == 0.25 for h in hist)
+    probs = [h[f"gfpo/prob/{NAMES[0]}"] for h in hist]  # measured at each step's rollouts, before its update
+    assert probs[-1] > probs[0] + 0.05, probs
 
 
 @pytest.mark.axolotl
