@@ -20,9 +20,9 @@ Per seed:
    (`evaluate_model(self_choose="sample")`, T = 0.7, top-p 0.95): reward per forced token (the best fixed
    token), reward of the self-chosen tokens, the mean N-way token distribution per kind, the strategy each
    token keeps to (its dominant mode) and its fidelity (share of its samples in that mode).
-3. **GFPO** (`GFPOTrainer`, ``gfpo_token_choice: sample``, every weight trainable, Adam) on questions
-   disjoint from both, with the reward above, at each learning rate of ``--lrs`` (the authors published
-   none); and for each a **control** run with the same settings whose rewards are shuffled across the
+3. **GFPO** (`GFPOTrainer`, every weight trainable, Adam) on questions disjoint from both, with the
+   reward above, for each arm of ``--arms`` (token choice ``sample`` / ``enumerate`` and a learning rate;
+   the authors published neither); and for each a **control** run with the same settings whose rewards are shuffled across the
    batch at every step (same reward rate, no relation to the token).
 4. **After**: the same evaluation (same held-out rows, seed), for GFPO and for the control.
 
@@ -78,8 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=100, help="GFPO steps")
     p.add_argument("--num-generations", type=int, default=8, help="rollouts per question (the group)")
     p.add_argument("--questions-per-step", type=int, default=4)
-    p.add_argument("--lrs", default="1e-5,1e-4,1e-3",
-                   help="GFPO learning rates, one GFPO run and one shuffled-reward control each (Adam, every weight)")
+    p.add_argument("--arms", default="sample:1e-4,enumerate:1e-4,enumerate:1e-3",
+                   help="GFPO runs as gfpo_token_choice:learning_rate, each with a shuffled-reward control (Adam, "
+                   "every weight trainable)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p.parse_args(argv)
 
@@ -149,14 +150,14 @@ def stage1(seed: int, rows, mp, a) -> str:
     return done["dir"]
 
 
-def gfpo(model_dir: str, out: str, rows, seed: int, a, shuffle: bool, lr: float) -> dict:
+def gfpo(model_dir: str, out: str, rows, seed: int, a, shuffle: bool, choice: str, lr: float) -> dict:
     from datasets import Dataset
 
     from trl_ssft import GFPOConfig, GFPOTrainer
 
     args = GFPOConfig(
         output_dir=out, bf16=False, use_cpu=True, report_to=[], seed=seed, disable_tqdm=True, save_strategy="no",
-        gfpo_token_choice="sample", gfpo_trainable="all", num_generations=a.num_generations,
+        gfpo_token_choice=choice, gfpo_trainable="all", num_generations=a.num_generations,
         per_device_train_batch_size=a.num_generations * a.questions_per_step, max_completion_length=48,
         temperature=0.7, top_p=0.95, beta=0.0, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_steps=a.steps, logging_steps=max(1, a.steps // 10),
@@ -215,30 +216,33 @@ def evaluate(model_dir: str, held, a, dominant: dict | None = None) -> dict:
 
 
 def arm_keys(run: dict) -> list[str]:
-    """``before``, then ``gfpo@LR`` and ``control@LR`` for every learning rate of the run."""
-    return ["before"] + [f"{arm}@{lr}" for lr in run["lrs"] for arm in ("gfpo", "control")]
+    """``before``, then ``gfpo@CHOICE:LR`` and ``control@CHOICE:LR`` for every arm of the run."""
+    return ["before"] + [f"{kind}@{arm}" for arm in run["arms"] for kind in ("gfpo", "control")]
 
 
 def arm_label(key: str) -> str:
     if key == "before":
         return "SSFT (before GFPO)"
-    arm, lr = key.split("@")
-    return f"after GFPO, lr {lr}" if arm == "gfpo" else f"after control (shuffled rewards), lr {lr}"
+    kind, spec = key.split("@")
+    choice, lr = spec.split(":")
+    return (f"after GFPO, {choice}, lr {lr}" if kind == "gfpo"
+            else f"after control (shuffled rewards), {choice}, lr {lr}")
 
 
 def seed_run(seed: int, data, a) -> dict:
     stage1_rows, gfpo_rows, held, mp = data
     ssft_dir = stage1(seed, stage1_rows, mp, a)
-    out = {"ssft_dir": ssft_dir, "lrs": a.lrs.split(",")}
+    out = {"ssft_dir": ssft_dir, "arms": a.arms.split(",")}
     print(f"== seed {seed}: evaluating the SSFT model", flush=True)
     out["before"] = evaluate(ssft_dir, held, a)
     dominant = out["before"]["dominant"]
-    for lr in out["lrs"]:
-        for arm, shuffle in (("gfpo", False), ("control", True)):
-            key = f"{arm}@{lr}"
+    for spec in out["arms"]:
+        choice, lr = spec.split(":")
+        for kind, shuffle in (("gfpo", False), ("control", True)):
+            key = f"{kind}@{spec}"
             print(f"== seed {seed}: {key} ({a.steps} steps)", flush=True)
-            out[f"{key}_training"] = gfpo(ssft_dir, os.path.join(a.work_dir, f"seed{seed}", f"gfpo_{arm}_lr{lr}"),
-                                          gfpo_rows, seed, a, shuffle, float(lr))
+            out[f"{key}_training"] = gfpo(ssft_dir, os.path.join(a.work_dir, f"seed{seed}", f"{kind}_{choice}_lr{lr}"),
+                                          gfpo_rows, seed, a, shuffle, choice, float(lr))
             out[key] = evaluate(out[f"{key}_training"]["dir"], held, a, dominant)
     for key in arm_keys(out):
         r = out[key]
@@ -331,7 +335,7 @@ def verdicts(per_seed: dict) -> list[str]:
            f"{spread([h['before']['self_reward'] for h in heads])}, mass on suitable tokens "
            f"{spread([suitable_mass(r, 'before') for r in runs])}, forced-token fidelity "
            f"{spread([h['before']['mean_fidelity'] for h in heads])}."]
-    for lr in runs[0]["lrs"]:
+    for lr in runs[0]["arms"]:
         g, c = f"gfpo@{lr}", f"control@{lr}"
         twice = sum(h[g]["self_reward"] >= 1.5 * h["before"]["best_fixed_reward"] and h[g]["self_reward"] > 0
                     for h in heads)
@@ -339,7 +343,7 @@ def verdicts(per_seed: dict) -> list[str]:
         still = sum(abs(h[c]["self_reward"] - h["before"]["self_reward"]) <= 0.05
                     and abs(suitable_mass(r, c) - suitable_mass(r, "before")) <= 0.05 for h, r in zip(heads, runs))
         out.append(
-            f"- lr {lr}: self-chosen reward after GFPO {spread([h[g]['self_reward'] for h in heads])} "
+            f"- {lr.replace(':', ', lr ')}: self-chosen reward after GFPO {spread([h[g]['self_reward'] for h in heads])} "
             f"(>= 1.5x the SSFT model's best fixed token in {twice} of {n} seeds); mass on suitable tokens "
             f"{spread([suitable_mass(r, g) for r in runs])}; forced-token fidelity "
             f"{spread([h[g]['mean_fidelity'] for h in heads])} (kept within 0.05 in {kept} of {n}); control: "
@@ -400,9 +404,9 @@ def write_docs(per_seed: dict, a, wall: float, command: str) -> None:
         "",
         "Task: digitsum (the demo family); kind = parity of the first digit; reward = right answer **and** a strategy "
         "that suits the kind (odd: forward / pairs, even: cross / outer). Stage 1 = `benchmarks/mode_preservation.py`'s "
-        f"SSFT run; GFPO: `gfpo_token_choice: sample`, every weight trainable (`all`; the stage-1 model has tied "
-        f"embeddings, so `fork_rows` does not apply), Adam, {a.steps} steps x {a.questions_per_step} questions x "
-        f"{a.num_generations} rollouts, T 0.7, beta 0, learning rates {a.lrs}; each control has the same settings "
+        f"SSFT run; GFPO: every weight trainable (`all`; the stage-1 model has tied embeddings, so `fork_rows` does "
+        f"not apply), Adam, {a.steps} steps x {a.questions_per_step} questions x {a.num_generations} rollouts, T 0.7, "
+        f"beta 0; arms (`gfpo_token_choice`:learning rate) {a.arms}; each control has the same settings "
         f"with the batch's rewards shuffled. Held-out: {a.eval_questions} questions (half per kind) x 4 tokens x "
         f"{a.rounds} rounds, forced and self-chosen, T 0.7 top-p 0.95. Fidelity: share of a forced token's samples "
         "in the strategy it kept before GFPO. Seeds " + ", ".join(str(s) for s in per_seed) + ": mean [min, max].",
