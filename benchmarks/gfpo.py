@@ -20,9 +20,11 @@ Per seed:
    (`evaluate_model(self_choose="sample")`, T = 0.7, top-p 0.95): reward per forced token (the best fixed
    token), reward of the self-chosen tokens, the mean N-way token distribution per kind, the strategy each
    token keeps to (its dominant mode) and its fidelity (share of its samples in that mode).
-3. **GFPO** (`GFPOTrainer`, every weight trainable, Adam) on questions disjoint from both, with the
-   reward above, for each arm of ``--arms`` (token choice ``sample`` / ``enumerate`` and a learning rate;
-   the authors published neither); and for each a **control** run with the same settings whose rewards are shuffled across the
+3. **GFPO** (`GFPOTrainer`, Adam) on questions disjoint from both, with the reward above, for each arm
+   of ``--arms``: token choice (``sample`` / ``enumerate``), trainable set (``all`` weights, or ``fork_rows``:
+   the forking tokens' output rows only, a router that cannot change what a forced token does; from an
+   untied copy of the SSFT model) and learning rate (the authors published none of these); and for each a
+   **control** run with the same settings whose rewards are shuffled across the
    batch at every step (same reward rate, no relation to the token).
 4. **After**: the same evaluation (same held-out rows, seed), for GFPO and for the control.
 
@@ -78,9 +80,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=100, help="GFPO steps")
     p.add_argument("--num-generations", type=int, default=8, help="rollouts per question (the group)")
     p.add_argument("--questions-per-step", type=int, default=4)
-    p.add_argument("--arms", default="sample:1e-4,enumerate:1e-4,enumerate:1e-3",
-                   help="GFPO runs as gfpo_token_choice:learning_rate, each with a shuffled-reward control (Adam, "
-                   "every weight trainable)")
+    p.add_argument("--arms", default="enumerate:all:1e-4,enumerate:all:1e-3,sample:fork_rows:3e-2,"
+                   "enumerate:fork_rows:3e-2",
+                   help="GFPO runs as gfpo_token_choice:gfpo_trainable:learning_rate, each with a shuffled-reward "
+                   "control (Adam). fork_rows runs start from an untied copy of the SSFT model (same function)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p.parse_args(argv)
 
@@ -150,14 +153,39 @@ def stage1(seed: int, rows, mp, a) -> str:
     return done["dir"]
 
 
-def gfpo(model_dir: str, out: str, rows, seed: int, a, shuffle: bool, choice: str, lr: float) -> dict:
+def untied_copy(model_dir: str, dest: str) -> str:
+    """`model_dir` with its output layer untied from the input embeddings (same weights, same function), so that
+    ``gfpo_trainable: fork_rows`` can train the forking tokens' output rows alone; checked on a batch of ids."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if os.path.exists(os.path.join(dest, "config.json")):
+        return dest
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(dest)
+    shutil.copy(os.path.join(model_dir, "ssft_state.json"), dest)
+    ids = torch.arange(1, 33).view(2, 16) % model.config.vocab_size
+    again = AutoModelForCausalLM.from_pretrained(dest)
+    assert again.lm_head.weight.data_ptr() != again.get_input_embeddings().weight.data_ptr()
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, again(ids).logits, atol=1e-5)
+    return dest
+
+
+def gfpo(model_dir: str, out: str, rows, seed: int, a, shuffle: bool, choice: str, trainable: str,
+         lr: float) -> dict:
     from datasets import Dataset
 
     from trl_ssft import GFPOConfig, GFPOTrainer
 
     args = GFPOConfig(
         output_dir=out, bf16=False, use_cpu=True, report_to=[], seed=seed, disable_tqdm=True, save_strategy="no",
-        gfpo_token_choice=choice, gfpo_trainable="all", num_generations=a.num_generations,
+        gfpo_token_choice=choice, gfpo_trainable=trainable, num_generations=a.num_generations,
         per_device_train_batch_size=a.num_generations * a.questions_per_step, max_completion_length=48,
         temperature=0.7, top_p=0.95, beta=0.0, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_steps=a.steps, logging_steps=max(1, a.steps // 10),
@@ -224,9 +252,9 @@ def arm_label(key: str) -> str:
     if key == "before":
         return "SSFT (before GFPO)"
     kind, spec = key.split("@")
-    choice, lr = spec.split(":")
-    return (f"after GFPO, {choice}, lr {lr}" if kind == "gfpo"
-            else f"after control (shuffled rewards), {choice}, lr {lr}")
+    choice, trainable, lr = spec.split(":")
+    return (f"after GFPO, {choice}, {trainable}, lr {lr}" if kind == "gfpo"
+            else f"after control (shuffled rewards), {choice}, {trainable}, lr {lr}")
 
 
 def seed_run(seed: int, data, a) -> dict:
@@ -237,12 +265,14 @@ def seed_run(seed: int, data, a) -> dict:
     out["before"] = evaluate(ssft_dir, held, a)
     dominant = out["before"]["dominant"]
     for spec in out["arms"]:
-        choice, lr = spec.split(":")
+        choice, trainable, lr = spec.split(":")
+        start = ssft_dir if trainable != "fork_rows" else untied_copy(ssft_dir, ssft_dir + "_untied")
         for kind, shuffle in (("gfpo", False), ("control", True)):
             key = f"{kind}@{spec}"
             print(f"== seed {seed}: {key} ({a.steps} steps)", flush=True)
-            out[f"{key}_training"] = gfpo(ssft_dir, os.path.join(a.work_dir, f"seed{seed}", f"{kind}_{choice}_lr{lr}"),
-                                          gfpo_rows, seed, a, shuffle, choice, float(lr))
+            out[f"{key}_training"] = gfpo(start, os.path.join(a.work_dir, f"seed{seed}",
+                                                              f"{kind}_{choice}_{trainable}_lr{lr}"),
+                                          gfpo_rows, seed, a, shuffle, choice, trainable, float(lr))
             out[key] = evaluate(out[f"{key}_training"]["dir"], held, a, dominant)
     for key in arm_keys(out):
         r = out[key]
@@ -343,7 +373,7 @@ def verdicts(per_seed: dict) -> list[str]:
         still = sum(abs(h[c]["self_reward"] - h["before"]["self_reward"]) <= 0.05
                     and abs(suitable_mass(r, c) - suitable_mass(r, "before")) <= 0.05 for h, r in zip(heads, runs))
         out.append(
-            f"- {lr.replace(':', ', lr ')}: self-chosen reward after GFPO {spread([h[g]['self_reward'] for h in heads])} "
+            f"- {arm_label(g).replace('after GFPO, ', '')}: self-chosen reward after GFPO {spread([h[g]['self_reward'] for h in heads])} "
             f"(>= 1.5x the SSFT model's best fixed token in {twice} of {n} seeds); mass on suitable tokens "
             f"{spread([suitable_mass(r, g) for r in runs])}; forced-token fidelity "
             f"{spread([h[g]['mean_fidelity'] for h in heads])} (kept within 0.05 in {kept} of {n}); control: "
@@ -404,9 +434,9 @@ def write_docs(per_seed: dict, a, wall: float, command: str) -> None:
         "",
         "Task: digitsum (the demo family); kind = parity of the first digit; reward = right answer **and** a strategy "
         "that suits the kind (odd: forward / pairs, even: cross / outer). Stage 1 = `benchmarks/mode_preservation.py`'s "
-        f"SSFT run; GFPO: every weight trainable (`all`; the stage-1 model has tied embeddings, so `fork_rows` does "
-        f"not apply), Adam, {a.steps} steps x {a.questions_per_step} questions x {a.num_generations} rollouts, T 0.7, "
-        f"beta 0; arms (`gfpo_token_choice`:learning rate) {a.arms}; each control has the same settings "
+        f"SSFT run; GFPO: Adam, {a.steps} steps x {a.questions_per_step} questions x {a.num_generations} rollouts, "
+        f"T 0.7, beta 0; arms (`gfpo_token_choice`:`gfpo_trainable`:learning rate) {a.arms} (`fork_rows` starts from "
+        "an untied copy of the tied SSFT model, same function); each control has the same settings "
         f"with the batch's rewards shuffled. Held-out: {a.eval_questions} questions (half per kind) x 4 tokens x "
         f"{a.rounds} rounds, forced and self-chosen, T 0.7 top-p 0.95. Fidelity: share of a forced token's samples "
         "in the strategy it kept before GFPO. Seeds " + ", ".join(str(s) for s in per_seed) + ": mean [min, max].",
