@@ -94,6 +94,10 @@ def test_self_chosen_pass1_and_cons_follow_the_choices(gfpo_model, monkeypatch):
     assert len(forced) == len(own) == 3 * 4 * 3 and "samples" not in kept["self_chosen"]
     assert {x["token"] for x in own if x["question"] == 0} == {NAMES[1]}
     assert all(x["correct"] == (x["token"] in NAMES[:2]) for x in own)
+    plain = E.evaluate_model(sm, data, rounds=1, max_new_tokens=4, mode_classifier="none", progress=False,
+                             keep_samples=True, self_choose="none")  # no self-choice: only the forced samples
+    assert plain["self_chosen"] is None and len(plain["samples"]) == 3 * 4
+    assert not any(x["self_chosen"] for x in plain["samples"])
     for qi in range(3):
         drawn = [x["token"] for x in sorted((x for x in own if x["question"] == qi), key=lambda x: (x["round"], x["slot"]))]
         assert drawn == kept["self_chosen"]["per_question"][qi]["tokens"]

@@ -354,7 +354,7 @@ def evaluate_model(
         report["self_chosen"] = _self_chosen(sm, rows, plan, self_choose, rules, gen, classify, keep_samples)
     report["seconds"] = round(time.time() - t0, 2)
     if keep_samples:  # forced samples, then the self-chosen ones ("self_chosen": True)
-        report["samples"] = _samples_list(s, plan.labels) + report.get("self_chosen", {}).pop("samples", [])
+        report["samples"] = _samples_list(s, plan.labels) + (report.get("self_chosen") or {}).pop("samples", [])
     return report
 
 
