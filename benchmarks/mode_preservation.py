@@ -313,7 +313,7 @@ def paper_comparison(results: dict, a) -> list[str]:
                else "**differs**. ")
             + ("Cons@N equals token 1's accuracy because the N answers mostly differ and the vote's tie rule "
                "takes token 1's answer. " if abs(h7["cons_at_n"] - h7["pass1"]) < 1e-9 else "")
-            + f"Accuracy here measures how well a {a.hidden_size}-wide model learned three-number addition "
+            + f"Accuracy here measures how well a {a.hidden_size}-wide model learned {'the sum of four digits' if a.family == 'digitsum' else 'three-number addition'} "
             "within the budget; "
             "the gaps are far larger than the paper's and are not a prediction for large models.")
     out.append(f"- Scale: the paper trains a 32B model on 1k questions x 4 teacher traces with N = 6 tokens; this run "
@@ -372,7 +372,10 @@ def write_docs(results, training, a, wall, command, path_md, path_png, per_seed=
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
         f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
         f"cores visible, torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}. "
-        f"Total wall time: {wall / 60:.1f} min.",
+        f"Total wall time: {wall / 60:.1f} min"
+        + (" (evaluation only: the models were trained by earlier runs with the same settings, `--reuse`; their "
+           "training seconds below were measured there, on a machine shared with other jobs, so they are not a cost "
+           "comparison)." if any(t.get("reused") for t in training.values()) else "."),
         "",
         "## Setup",
         "",
@@ -388,7 +391,7 @@ def write_docs(results, training, a, wall, command, path_md, path_png, per_seed=
         "hungarian, all other options at their defaults.",
         f"- Evaluation: one sample per token (SFT-mixed: {a.num_tokens} samples of the bare prompt) and round "
         f"({a.rounds} rounds when sampling, 1 greedy), max 64 new tokens; the mode of a sample is "
-        "`trl_ssft.demo.synthetic.classify_mode` (its first step; a sample whose first step uses wrong operands is "
+        f"`trl_ssft.demo.{a.family}.classify_mode` (its opening; a sample whose first step uses wrong operands is "
         "`other`). Token consistency: share of a token's held-out samples that follow its overall majority mode "
         "(`trl_ssft.eval.metrics.token_consistency`). For SFT-mixed the 'tokens' are sample slots, which cannot carry "
         "a mode: its consistency is a reference level for 'no control'.",
@@ -401,7 +404,8 @@ def write_docs(results, training, a, wall, command, path_md, path_png, per_seed=
         "",
         *([f"Same number of steps and examples for every method; SSFT's no-gradient N x M matching pass made its "
            f"training take {training['hungarian']['seconds'] / training['random']['seconds']:.1f}x the wall time "
-           "of random tags.", ""] if "hungarian" in training and "random" in training else []),
+           "of random tags.", ""] if "hungarian" in training and "random" in training
+          and not any(t.get("reused") for t in training.values()) else []),
         *(["## Across seeds (mean [min-max] over seeds " + a.seeds + ")", ""]
           + [x for st in ("T=0.7", "greedy") if st in a.settings.split(",") for x in
              (f"Decoding {st}:", "", markdown_table(across_head(per_seed, st), across_seeds(per_seed, st)), "")]

@@ -75,7 +75,7 @@ class SSFTFields:
         0.1,
         "New forking-token embeddings start at the mean of the existing rows plus Gaussian noise of this "
         "many per-dimension standard deviations, so the tokens are near the mean but distinct. 1.0 starts "
-        "them as far apart as ordinary vocabulary rows (docs/mode_preservation.md compares both).",
+        "them as far apart as ordinary vocabulary rows (the demo and the mode-preservation benchmark use 1.0).",
     )
     ssft_duplicate_traces: str = option(
         "warn",
