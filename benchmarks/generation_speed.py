@@ -26,21 +26,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_model(path: str) -> str:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_ssft.demo.synthetic import corpus, make_rows
-    from trl_ssft.demo.tiny import save_tiny_model
+    from trl_ssft.demo.tiny import save_tiny_model, spread_weights
     from trl_ssft.tokens import prepare_fork_tokens
 
     save_tiny_model(path, corpus(make_rows(48, seed=0)), arch="qwen2", hidden_size=128, num_heads=2)
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     prepare_fork_tokens(model, tok, [f"<think{i}>" for i in range(1, 7)])
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    spread_weights(model, 0.2)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -40,9 +40,7 @@ TOL = 0.5
 def model_dir(tmp_path_factory) -> str:
     """A tiny Qwen2 (hidden 128, 2 heads: head_dim 64, which vLLM's CPU attention needs) with the 4 forking tokens;
     weights redrawn with std 0.2 so that greedy continuations differ between forking tokens."""
-    import torch
-
-    from trl_ssft.demo.tiny import build_tiny_model, build_tiny_tokenizer
+    from trl_ssft.demo.tiny import build_tiny_model, build_tiny_tokenizer, spread_weights
     from trl_ssft.tokens import prepare_fork_tokens
 
     d = str(tmp_path_factory.mktemp("gfpo_vllm_model"))
@@ -50,11 +48,7 @@ def model_dir(tmp_path_factory) -> str:
     tok = build_tiny_tokenizer(corpus)
     model = build_tiny_model(tok, hidden_size=128, num_heads=2)
     prepare_fork_tokens(model, tok, FORK_TOKENS)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    spread_weights(model, 0.2)
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d

@@ -24,18 +24,13 @@ N_SAMPLES = 3
 
 
 def _spread_weights(path: str, sigma: float = 0.2) -> None:
-    """Redraw every matrix with std `sigma`: a default-initialised tiny model (std 0.02) has nearly flat
-    logits and greedily repeats one token, which would make a parity check vacuous; at 0.2 each forking
-    token leads to a different, varied continuation."""
-    import torch
+    """`trl_ssft.demo.tiny.spread_weights` on the saved model at `path` (a parity check on flat logits is vacuous)."""
     from transformers import AutoModelForCausalLM
 
+    from trl_ssft.demo.tiny import spread_weights
+
     model = AutoModelForCausalLM.from_pretrained(path)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * sigma)
+    spread_weights(model, sigma)
     model.save_pretrained(path)
 
 

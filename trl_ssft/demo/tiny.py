@@ -127,3 +127,19 @@ def build_word_tokenizer(vocab_size: int):
                                    unk_token="<|endoftext|>")
     fast.chat_template = QWEN_CHAT_TEMPLATE
     return fast
+
+
+def spread_weights(model, sigma: float = 0.2, seed: int = 0) -> None:
+    """Redraw every matrix of `model` in place with std `sigma` (generator seeded with `seed`).
+
+    A default-initialised tiny model (std 0.02) has nearly flat logits and greedily repeats one token, which
+    makes a generation parity check vacuous; at 0.2 each forking token leads to a different, varied
+    continuation. Used by the vLLM tests and `benchmarks/generation_speed.py`.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * sigma)
