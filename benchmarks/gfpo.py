@@ -212,7 +212,7 @@ def evaluate(model_dir: str, held, a, dominant: dict | None = None) -> dict:
 
     rep = evaluate_model(model_dir, held, rounds=a.rounds, temperature=0.7, top_p=0.95, max_new_tokens=64,
                          batch_size=64, seed=a.seed, mode_classifier="digitsum", math_verify=False,
-                         self_choose="sample", keep_samples=True, progress=False)
+                         self_choose="sample", keep_samples=True, progress=False, suppress_fork_tokens=True)
     tokens = rep["tokens"]
     forced = [s for s in rep["samples"] if not s["self_chosen"]]
     own = [s for s in rep["samples"] if s["self_chosen"]]

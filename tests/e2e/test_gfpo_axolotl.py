@@ -73,6 +73,7 @@ def test_axolotl_train_runs_gfpo_by_config_flags(ssft_model, tmp_path):
     assert state["pass1_choice"] == "self" and state["fork_tokens"] == NAMES and state["pass1_token"] == NAMES[1]
     g = state["gfpo"]
     assert g["method"] == "Global Forking Policy Optimization" and g["token_choice"] == "sample"
+    assert g["suppress_fork_tokens"] is True  # the default reached Axolotl's GRPO generation config
     assert g["global_step"] == 2 and sum(g["token_counts"]) == 16  # 2 steps x 2 questions x 4 rollouts
     hist = [h for h in log_history(out / "checkpoint-2") if "loss" in h]
     assert [h["step"] for h in hist] == [1, 2]

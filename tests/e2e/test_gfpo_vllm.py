@@ -84,6 +84,9 @@ def test_colocated_vllm_engine_generated(gfpo_run):
     reqs = r["vllm_requests"]
     assert len(reqs) == 2 * 8 and [q["step"] for q in reqs] == [0] * 8 + [1] * 8
     assert all(q["n"] == 1 and q["temperature"] == 0.0 and len(q["outputs"]) == 1 for q in reqs)
+    # gfpo_suppress_fork_tokens (default): every request forbids the forking tokens, and none was generated
+    assert all(q["logit_bias"] == {str(t): -100.0 for t in r["fork_ids"]} for q in reqs)
+    assert not any(t in r["fork_ids"] for q in reqs for t in q["outputs"][0])
 
 
 def test_each_request_is_prompt_plus_its_forking_token(gfpo_run):
@@ -111,12 +114,14 @@ def test_each_request_is_prompt_plus_its_forking_token(gfpo_run):
     assert [c for x in r["rewards"] for c in x["completion_ids"]] == [f[1] for f in flat]
 
 
-def _max_gap(model, prompt, cont) -> float:
-    """Largest (max logit - logit of the taken token) over the continuation, teacher-forced, float32."""
+def _max_gap(model, prompt, cont, forbid) -> float:
+    """Largest (max logit - logit of the taken token) over the continuation, teacher-forced, float32, the
+    `forbid` ids (the forking tokens, suppressed in rollouts) left out of the max."""
     import torch
 
     with torch.no_grad():
         logits = model(torch.tensor([prompt + cont])).logits[0, len(prompt) - 1:len(prompt) - 1 + len(cont)]
+    logits[:, list(forbid)] = -torch.inf
     return float((logits.max(-1).values - logits[torch.arange(len(cont)), torch.tensor(cont)]).max())
 
 
@@ -130,13 +135,13 @@ def test_continuation_is_greedy_after_its_token_at_the_steps_weights(gfpo_run, m
     other_token_ok, other_token_all = 0, 0
     for q in gfpo_run["vllm_requests"]:
         prompt, cont, step = q["prompt_ids"], q["outputs"][0], q["step"]
-        gap = _max_gap(weights[step], prompt, cont)
+        gap = _max_gap(weights[step], prompt, cont, fork_ids)
         assert gap < TOL, f"step {step}, token {prompt[-1]}: {cont} is not greedy under the step's weights ({gap})"
-        assert _max_gap(weights[1 - step], prompt, cont) > TOL, "rollouts must reflect the synced weights of the step"
+        assert _max_gap(weights[1 - step], prompt, cont, fork_ids) > TOL, "rollouts must reflect the synced weights of the step"
         for t in fork_ids:
             if t != prompt[-1]:
                 other_token_all += 1
-                other_token_ok += _max_gap(weights[step], prompt[:-1] + [t], cont) < TOL
+                other_token_ok += _max_gap(weights[step], prompt[:-1] + [t], cont, fork_ids) < TOL
     # a continuation is rarely also the greedy one after another token (tokens that collapse to the same text)
     assert other_token_ok <= other_token_all // 10, (other_token_ok, other_token_all)
     per_prompt = {}

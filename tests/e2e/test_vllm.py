@@ -125,6 +125,9 @@ def vllm_out(models, prompts, eval_data, tmp_path_factory):
         {"name": "cli_vllm", "cli": [models["full"], eval_data, "--backend", "vllm", "--greedy", "--max-new-tokens",
                                      str(MAX_NEW), "--output", str(d / "vllm_report.json"), "--samples-out",
                                      str(d / "vllm_samples.jsonl"), "--no-progress"]},
+        # forbidden ids (the forking tokens and each prompt's first greedy token): a -100 logit bias
+        {"name": "full_suppress", "model": models["full"], "prompts": ids, "suppress_ids": _banned(models, ids),
+         **greedy},
         # adapter with trained forking-token rows: merged, its own engine
         {"name": "adapter_greedy", "model": models["adapter"], "prompts": ids, **greedy},
         {"name": "adapter_native", "model": models["adapter"], "prompts": ids[:1], "lora": "native", **greedy},
@@ -145,6 +148,32 @@ def _hf_greedy(model_dir: str, ids) -> list[list[int]]:
 
     sm = load_ssft_model(model_dir, device="cpu")
     return generate_ids(sm.model, sm.tokenizer, ids, max_new_tokens=MAX_NEW, greedy=True, batch_size=64)
+
+
+def _banned(models, ids) -> list[int]:
+    """Ids to forbid: the forking tokens and the first token of every HF greedy continuation of `ids`."""
+    from transformers import AutoTokenizer
+
+    from trl_ssft.eval.inference import find_fork_tokens
+
+    tok = AutoTokenizer.from_pretrained(models["full"])
+    firsts = {r[0] for r in _hf_greedy(models["full"], ids) if r}
+    return sorted(firsts | set(tok.convert_tokens_to_ids(find_fork_tokens(tok))))
+
+
+def test_suppressed_ids_are_never_generated_and_match_hf(models, prompts, vllm_out):
+    """`suppress_ids` (vLLM: logit bias -100): greedy output avoids them and equals HF's `suppress_tokens` run."""
+    from trl_ssft.eval.inference import generate_ids, load_ssft_model
+
+    assert "full_suppress" in vllm_out["results"], vllm_out["errors"]
+    banned = _banned(models, prompts["ids"])
+    got = [o[0] for o in vllm_out["results"]["full_suppress"]]
+    sm = load_ssft_model(models["full"], device="cpu")
+    hf = generate_ids(sm.model, sm.tokenizer, prompts["ids"], max_new_tokens=MAX_NEW, greedy=True,
+                      suppress_ids=banned)
+    assert not any(t in banned for seq in got for t in seq)
+    assert got == hf
+    assert got != [o[0] for o in vllm_out["results"]["full_greedy"]]
 
 
 def _decode(model_dir, seqs):

@@ -64,7 +64,8 @@ def main(spec_path: str, out_path: str) -> None:
         for p, o in zip(prompts, outs, strict=True):
             requests.append({"step": trainer.state.global_step, "prompt_ids": list(p["prompt_token_ids"]),
                              "outputs": [list(c.token_ids) for c in o.outputs],
-                             "temperature": sampling_params.temperature, "n": sampling_params.n})
+                             "temperature": sampling_params.temperature, "n": sampling_params.n,
+                             "logit_bias": {str(k): v for k, v in (sampling_params.logit_bias or {}).items()}})
         return outs
 
     vg.llm.generate = recording_generate

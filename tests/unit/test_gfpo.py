@@ -347,3 +347,39 @@ def test_resume_restores_the_token_counts(toy, tmp_path):
     state = second.gfpo_state()
     assert state["global_step"] == 3 and state["token_counts"] == [6, 6, 6, 6]
     assert state["token_reward_sums"][0] >= saved["token_reward_sums"][0]
+
+
+@pytest.mark.parametrize("suppress", [True, False])
+def test_rollouts_never_continue_with_a_forking_token(toy, tmp_path, suppress):
+    """gfpo_suppress_fork_tokens (default on): TRL's real transformers generation never emits a forking token
+    after the chosen one, even when the model strongly prefers them everywhere (a +30 logit hook on the output
+    layer); without it the continuations fill with them. The state file records the setting."""
+    seen = []
+
+    def recording_reward(completions, gfpo_continuation_ids, **kwargs):
+        seen.extend(gfpo_continuation_ids)
+        return [0.0] * len(completions)
+
+    trainer = make_trainer(toy, tmp_path, reward=recording_reward, gfpo_token_choice="enumerate", max_steps=1,
+                           gfpo_suppress_fork_tokens=suppress, temperature=1.0)
+    ids = trainer.gfpo_fork_ids
+
+    def boost(_module, _inputs, logits):
+        logits = logits.clone()
+        logits[..., ids] += 30.0
+        return logits
+
+    trainer.model.get_output_embeddings().register_forward_hook(boost)
+    trainer.train()
+    fork_in_continuations = sum(t in ids for c in seen for t in c)
+    assert len(seen) == 8 and sum(len(c) for c in seen) > 0
+    if suppress:
+        assert fork_in_continuations == 0 and set(ids) <= set(trainer.generation_config.suppress_tokens)
+    else:
+        assert fork_in_continuations > len(seen)  # nearly every generated token is one
+    assert trainer.gfpo_state()["suppress_fork_tokens"] is suppress
+
+
+def test_free_mode_does_not_suppress_the_first_token(toy, tmp_path):
+    trainer = make_trainer(toy, tmp_path, gfpo_token_choice="free")
+    assert not trainer.gfpo_suppressing and not (trainer.generation_config.suppress_tokens or [])

@@ -250,3 +250,52 @@ def test_adapter_dir_loads_and_generates(tiny, tmp_path):
     peft_model.eval()
     assert loaded == inf.generate_ids(peft_model, tok, prompts, max_new_tokens=10, greedy=True)
     assert loaded != inf.generate_ids(model, tok, prompts, max_new_tokens=10, greedy=True)  # the adapter acts
+
+
+def _prefer_fork_tokens(model, ids):
+    """Add 30 to the forking tokens' logits at every position (a model that would emit them everywhere)."""
+
+    def boost(_module, _inputs, logits):
+        logits = logits.clone()
+        logits[..., ids] += 30.0
+        return logits
+
+    return model.get_output_embeddings().register_forward_hook(boost)
+
+
+def test_suppress_ids_are_never_generated(tiny):
+    tok, model, rows = tiny
+    ids = tok.convert_tokens_to_ids(NAMES)
+    prompts = inf.fork_prompt_ids(tok, rows[0]["prompt"], NAMES)
+    handle = _prefer_fork_tokens(model, ids)
+    try:
+        free = inf.generate_ids(model, tok, prompts, max_new_tokens=6, temperature=1.0, seed=0)
+        kept = inf.generate_ids(model, tok, prompts, max_new_tokens=6, temperature=1.0, seed=0, suppress_ids=ids)
+    finally:
+        handle.remove()
+    assert all(t in ids for c in free for t in c) and all(len(c) == 6 for c in free)
+    assert not any(t in ids for c in kept for t in c) and any(kept)
+
+
+def test_eval_suppresses_forking_tokens_as_the_model_was_trained(trained, tmp_path):
+    """A GFPO model trained with gfpo.suppress_fork_tokens is evaluated with the forking tokens forbidden after
+    the forking position (auto); `suppress_fork_tokens=False` turns it off, and the report says which ran."""
+    import shutil
+
+    from trl_ssft.eval.evaluate import evaluate_model
+    from trl_ssft.state import read_ssft_state, write_ssft_state
+
+    out, eval_path, _ = trained
+    model_dir = str(tmp_path / "gfpo_model")
+    shutil.copytree(out, model_dir)
+    state = read_ssft_state(model_dir)
+    write_ssft_state(model_dir, {**state, "gfpo": {"suppress_fork_tokens": True}})
+    sm = inf.load_ssft_model(model_dir, device="cpu")
+    _prefer_fork_tokens(sm.model, sm.fork_token_ids)
+    kw = dict(max_questions=2, max_new_tokens=6, self_choose="none", progress=False, keep_samples=True,
+              mode_classifier="none")
+    on = evaluate_model(sm, eval_path, **kw)
+    off = evaluate_model(sm, eval_path, suppress_fork_tokens=False, **kw)
+    assert on["suppress_fork_tokens"] is True and off["suppress_fork_tokens"] is False
+    assert all(s["text"] for s in on["samples"])  # real tokens, not forking tokens
+    assert not any(s["text"] for s in off["samples"])  # forking tokens only, skipped when decoded

@@ -53,6 +53,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--self-choose", choices=["argmax", "sample", "none"], default=None,
                    help="also let the model pick its own forking token per question (needs ssft_fork_token_loss or "
                    "GFPO); default: sample for a GFPO model (ssft_state.json pass1_choice: self), else off; none: off")
+    p.add_argument("--suppress-fork-tokens", choices=["auto", "on", "off"], default="auto",
+                   help="forbid the forking tokens in continuations after a forced or self-chosen token; auto: on "
+                   "for a GFPO model trained that way (ssft_state.json gfpo.suppress_fork_tokens), else off")
     p.add_argument("--backend", choices=["hf", "vllm"], default="hf",
                    help="generation: hf (transformers generate) or vllm (trl_ssft.eval.vllm_backend)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -119,6 +122,7 @@ def _evaluate(a: argparse.Namespace, math_verify: bool | None) -> dict:
         self_choose=a.self_choose, cons_k=a.cons_k, pass_k=a.pass_k, prompt_column=a.prompt_column,
         answer_column=a.answer_column, chat=a.chat, backend=a.backend, device=a.device, dtype=a.dtype,
         progress=not a.no_progress, keep_samples=a.samples_out is not None,
+        suppress_fork_tokens={"auto": None, "on": True, "off": False}[a.suppress_fork_tokens],
     )
 
 

@@ -130,11 +130,18 @@ class EvalRules:
 
 
 # ---------------------------------------------------------------- generation
+def suppress_fork_tokens_default(state: dict) -> bool:
+    """Whether evaluation forbids the forking tokens after the forking position by default: as the model was
+    trained, i.e. when its ssft_state.json has ``gfpo.suppress_fork_tokens: true`` (GFPO rollouts without them)."""
+    return bool((state.get("gfpo") or {}).get("suppress_fork_tokens"))
+
+
 def _generate(sm: SSFTModel, prompts: Sequence[Sequence[int]], *, n: int = 1, backend: str = "hf",
               model_dir: str | None = None, progress: bool = False, **gen_kw) -> list[list[list[int]]]:
     """The one generation call of an evaluation: `n` samples of each prompt (ids) -> [len(prompts)][n] ids.
 
-    gen_kw: max_new_tokens, temperature, top_p, greedy, seed, batch_size. ``backend="vllm"`` calls
+    gen_kw: max_new_tokens, temperature, top_p, greedy, seed, batch_size, suppress_ids (token ids never
+    generated; None: none). ``backend="vllm"`` calls
     `trl_ssft.eval.vllm_backend.generate_ids_vllm(model_dir, prompts, n=..., ...)`.
     """
     if backend == "vllm":
@@ -145,7 +152,7 @@ def _generate(sm: SSFTModel, prompts: Sequence[Sequence[int]], *, n: int = 1, ba
                               "use backend='hf'") from e
         if model_dir is None:
             raise ValueError("backend 'vllm' needs the model as a directory path")
-        kw = {k: gen_kw[k] for k in ("temperature", "top_p", "max_new_tokens", "seed", "greedy")}
+        kw = {k: gen_kw.get(k) for k in ("temperature", "top_p", "max_new_tokens", "seed", "greedy", "suppress_ids")}
         return generate_ids_vllm(model_dir, [list(p) for p in prompts], n=n, **kw)
     if backend != "hf":
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -304,6 +311,7 @@ def evaluate_model(
     dtype: str | None = None,
     progress: bool = True,
     keep_samples: bool = False,
+    suppress_fork_tokens: bool | None = None,
 ) -> dict:
     """Generate Q x N x R samples and compute every metric; returns the report dict.
 
@@ -317,6 +325,9 @@ def evaluate_model(
     Cons@N, each question's choices); None: ``sample`` for a model whose ssft_state.json has
     ``pass1_choice: "self"`` (GFPO), else off; ``"none"``: off. `keep_samples`: ``report["samples"]``
     lists every sample (forced tokens, then the self-chosen ones with ``"self_chosen": True``).
+    `suppress_fork_tokens`: forbid the forking tokens in continuations after a forced or self-chosen
+    token (never in plain samples); None: as the model was trained, i.e. on for a GFPO model whose
+    ssft_state.json says ``gfpo.suppress_fork_tokens`` (`suppress_fork_tokens_default`), else off.
 
     Scoring rules (recorded in ``report["rules"]``, explained in docs/metrics.md):
     `math_verify` (None: when installed, else normalised strings); `missing_answers` ``skip``
@@ -340,9 +351,12 @@ def evaluate_model(
     if choices:
         _gold_choices(rows, choices)
     plan = _plan(sm, fork_tokens, use_fork_tokens, num_plain_samples, pass1_token, rounds, greedy, temperature)
+    if suppress_fork_tokens is None:
+        suppress_fork_tokens = suppress_fork_tokens_default(sm.state)
     gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=plan.greedy,
                batch_size=batch_size, seed=seed, backend=backend, progress=progress,
-               model_dir=model if isinstance(model, str) else None)
+               model_dir=model if isinstance(model, str) else None,
+               suppress_ids=list(sm.fork_token_ids) if (suppress_fork_tokens and plan.use_fork_tokens) else None)
     classify, mode_names = pick_classifier(mode_classifier, rows)
     s = _sample(sm, rows, plan, gen)
     _score(s, rows, rules, classify)
@@ -372,6 +386,7 @@ def _report(model, data, sm: SSFTModel, rows, plan: _Plan, rules: EvalRules, s: 
         "samples_per_question": len(labels) * plan.rounds,
         "temperature": None if greedy else gen["temperature"], "top_p": None if greedy else gen["top_p"],
         "greedy": greedy, "max_new_tokens": gen["max_new_tokens"], "seed": gen["seed"], "backend": gen["backend"],
+        "suppress_fork_tokens": gen["suppress_ids"] is not None,
         "rules": rules.describe(),
         "has_answers": any(g is not None for g in gold),
     }

@@ -152,6 +152,7 @@ def generate_ids(
     batch_size: int = 32,
     seed: int | None = 0,
     progress: Callable[[int], None] | None = None,
+    suppress_ids: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Continue each prompt (list of ids) with `model.generate`; returns the new ids of each, EOS cut off.
 
@@ -160,7 +161,8 @@ def generate_ids(
     output as one prompt at a time. Sampling uses `temperature` and `top_p` (`greedy=True` or
     ``temperature == 0`` decodes greedily). `seed` seeds torch's RNG once before generating (the
     samples then depend on the batch layout). Works for `PeftModel`s too. `progress(n)` is called
-    after each batch with the number of prompts done in it.
+    after each batch with the number of prompts done in it. `suppress_ids`: token ids never generated
+    (transformers' `suppress_tokens`), e.g. the forking tokens after the forking position.
     """
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
@@ -177,6 +179,8 @@ def generate_ids(
             ids, mask = _left_pad(chunk, pad)
             kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p,
                                                            top_k=0)
+            if suppress_ids:
+                kw["suppress_tokens"] = [int(t) for t in suppress_ids]
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos, **kw)
             new = gen[:, ids.shape[1]:].tolist()

@@ -302,6 +302,7 @@ def generate_ids_vllm(
     seed: int = 0,
     greedy: bool = False,
     lora: str = "auto",
+    suppress_ids: Sequence[int] | None = None,
     **engine_kw,
 ) -> list[list[list[int]]]:
     """Generate `n` continuations of each token-id prompt with vLLM; ``out[j][k]`` is the k-th
@@ -311,7 +312,8 @@ def generate_ids_vllm(
     `resolve_model`). ``greedy=True`` or ``temperature == 0`` decodes greedily (the n outputs of a
     prompt are then equal and computed once). Otherwise sampling with `temperature` and `top_p`
     (no top-k), seeded per prompt (`prompt_seeds`). `engine_kw` go to `vllm.LLM` (see the module doc
-    for the defaults); the engine is cached across calls.
+    for the defaults); the engine is cached across calls. `suppress_ids`: token ids given a logit bias of
+    -100 (vLLM's limit), e.g. the forking tokens after the forking position.
     """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import SamplingParams
@@ -345,6 +347,8 @@ def generate_ids_vllm(
     stop = eos_ids(serve_dir, adapter)
     greedy = greedy or temperature == 0
     base = dict(max_tokens=max_new_tokens, stop_token_ids=stop, skip_special_tokens=False, detokenize=False)
+    if suppress_ids:
+        base["logit_bias"] = {int(t): -100.0 for t in suppress_ids}
     if greedy:
         params = [SamplingParams(n=1, temperature=0.0, **base)] * len(prompts)
     else:

@@ -41,6 +41,15 @@ class GFPOFields:
         "adapter's trainable output-layer rows): a cheap per-question router on the last hidden state; "
         "the rollouts' behaviour after a forced token cannot change. Needs weight_decay 0.",
     )
+    gfpo_suppress_fork_tokens: bool = option(
+        True,
+        "Forbid the forking tokens in the generated continuation of a rollout (`sample` and `enumerate`: the "
+        "token is chosen before generation, so the continuation never needs one; SSFT never trains one "
+        "there). transformers generation: `suppress_tokens`; vLLM: a logit bias of -100, vLLM's limit. "
+        "Without it, training the forking tokens' rows (`fork_rows` above all) raises their logits at every "
+        "position and rollouts fill with forking tokens. Recorded in ssft_state.json, so that evaluation "
+        "suppresses them too. Not applied in `free` mode (the first generated token must be free).",
+    )
     gfpo_fork_mass_coef: float = option(
         0.0,
         "Weight of an extra loss term -log(sum of the N forking tokens' probabilities) after the prompt, "

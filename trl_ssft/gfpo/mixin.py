@@ -78,6 +78,29 @@ def check_fused_head(model) -> None:
             "Axolotl 0.19 pin), or merge the adapter into the model first and run GFPO on the merged model")
 
 
+def suppress_in_rollouts(trainer, ids: list[int]) -> None:
+    """Forbid token `ids` in every token a GRPO trainer generates (its rollouts' continuations).
+
+    transformers generation: added to the trainer's `generation_config.suppress_tokens` (and the
+    `generation_kwargs` TRL lays over the model's own generation config); vLLM (colocate): a -100 logit bias,
+    the most vLLM's `SamplingParams` allows, merged into the generation kwargs TRL passes to it.
+    """
+    vllm = getattr(trainer, "vllm_generation", None)
+    if getattr(trainer.args, "use_vllm", False) and vllm is not None:
+        bias = dict(vllm.generation_kwargs.get("logit_bias") or {})
+        bias.update({int(t): -100.0 for t in ids})
+        vllm.generation_kwargs = {**vllm.generation_kwargs, "logit_bias": bias}
+        return
+    config = getattr(trainer, "generation_config", None)
+    if config is None:
+        raise ValueError("gfpo_suppress_fork_tokens: this GRPO trainer has neither a vLLM generator nor a "
+                         "generation_config to suppress the forking tokens in; set gfpo_suppress_fork_tokens false")
+    merged = sorted(set(config.suppress_tokens or []) | {int(t) for t in ids})
+    config.suppress_tokens = merged
+    if isinstance(getattr(trainer, "generation_kwargs", None), dict):
+        trainer.generation_kwargs["suppress_tokens"] = merged
+
+
 def resolve_fork_tokens(tokenizer, settings: GFPOFields, fork_tokens=None, model_path=None) -> tuple[list, list]:
     """Names and ids of the forking tokens: `fork_tokens`, `gfpo_fork_tokens`, the model's ssft_state.json, or the
     tokenizer's `<think1>`, `<think2>`, ... (`gfpo_fork_token_template`)."""
@@ -135,6 +158,9 @@ class GFPOMixin:
         self.gfpo_no_fork = 0
         self.gfpo_num_trainable = apply_trainable(self.model, settings.gfpo_trainable, ids,
                                                   getattr(self.args, "weight_decay", 0.0))
+        self.gfpo_suppressing = settings.gfpo_suppress_fork_tokens and settings.gfpo_token_choice != "free"
+        if self.gfpo_suppressing:
+            suppress_in_rollouts(self, ids)
 
     def _gfpo_mode(self) -> str:
         return "train" if self.model.training else "eval"
@@ -304,6 +330,7 @@ class GFPOMixin:
             "method": "Global Forking Policy Optimization",
             "token_choice": a.gfpo_token_choice, "trainable": a.gfpo_trainable,
             "fork_mass_coef": a.gfpo_fork_mass_coef, "num_generations": int(self.num_generations),
+            "suppress_fork_tokens": bool(self.gfpo_suppressing),
             "beta": float(getattr(self.args, "beta", 0.0)), "loss_type": getattr(self.args, "loss_type", None),
             "learning_rate": float(self.args.learning_rate), "global_step": int(self.state.global_step),
             "token_counts": counts, "token_mean_reward": means, "no_fork_rollouts": int(self.gfpo_no_fork),
