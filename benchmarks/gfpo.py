@@ -2,6 +2,12 @@
 
     python benchmarks/gfpo.py --seeds 0,1,2   # writes docs/gfpo_benchmark.{md,json,png}
 
+On a 2-core machine the seeds can run in parallel processes, then be reported together (every finished run
+is read back from its benchmark_run.json):
+
+    for s in 0 1 2; do python benchmarks/gfpo.py --seeds $s --reuse --out-dir /tmp/gfpo_seed$s & done; wait
+    python benchmarks/gfpo.py --seeds 0,1,2 --reuse
+
 Task (fixed before any run; `trl_ssft.demo.digitsum`, the demo family): four strategies (forward, pairs,
 cross, outer), all correct in principle. Questions come in two kinds, told by the parity of the first digit
 of ``sum a b c d``; each kind has two suitable strategies:
@@ -20,12 +26,13 @@ Per seed:
    (`evaluate_model(self_choose="sample")`, T = 0.7, top-p 0.95): reward per forced token (the best fixed
    token), reward of the self-chosen tokens, the mean N-way token distribution per kind, the strategy each
    token keeps to (its dominant mode) and its fidelity (share of its samples in that mode).
-3. **GFPO** (`GFPOTrainer`, Adam) on questions disjoint from both, with the reward above, for each arm
-   of ``--arms``: token choice (``sample`` / ``enumerate``), trainable set (``all`` weights, or ``fork_rows``:
-   the forking tokens' output rows only, a router that cannot change what a forced token does; from an
-   untied copy of the SSFT model) and learning rate (the authors published none of these); and for each a
-   **control** run with the same settings whose rewards are shuffled across the
-   batch at every step (same reward rate, no relation to the token).
+3. **GFPO** (`GFPOTrainer`, Adam, forking tokens suppressed in the continuations, the default) on questions
+   disjoint from both, with the reward above, for each arm of ``--arms``: token choice (``sample`` /
+   ``enumerate``), trainable set (``all`` weights, or ``fork_rows``: the forking tokens' output rows only, a
+   router that cannot change what a forced token does; from an untied copy of the SSFT model), learning rate
+   and `gfpo_anchor_coef` (the KL anchor of the continuations; the authors published none of these); and for
+   each a **control** run with the same settings whose rewards are shuffled across the batch at every step
+   (same reward rate, no relation to the token).
 4. **After**: the same evaluation (same held-out rows, seed), for GFPO and for the control.
 
 Claims checked, not assumed: GFPO's self-chosen reward approaches twice the best fixed token's; the token
@@ -69,7 +76,8 @@ def parse_args(argv=None):
                    help="models (stage 1 is mode_preservation.py's layout: seed<S>/hungarian)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse an existing stage-1 model in --work-dir (trained by benchmarks/mode_preservation.py "
-                   "with its defaults) instead of training it again")
+                   "with its defaults), and every GFPO run whose benchmark_run.json has this invocation's settings, "
+                   "instead of training them again (seeds run in parallel processes, then reported together)")
     p.add_argument("--stage1-steps", type=int, default=None,
                    help="SSFT steps of stage 1 (default: mode_preservation.py's; fewer only for a quick smoke run)")
     p.add_argument("--seeds", default="0", help="comma-separated model/training seeds")
@@ -80,10 +88,11 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=100, help="GFPO steps")
     p.add_argument("--num-generations", type=int, default=8, help="rollouts per question (the group)")
     p.add_argument("--questions-per-step", type=int, default=4)
-    p.add_argument("--arms", default="enumerate:all:1e-4,enumerate:all:1e-3,sample:fork_rows:3e-2,"
+    p.add_argument("--arms", default="enumerate:all:1e-3,enumerate:all:1e-3:1,enumerate:all:1e-3:3,"
                    "enumerate:fork_rows:3e-2",
-                   help="GFPO runs as gfpo_token_choice:gfpo_trainable:learning_rate, each with a shuffled-reward "
-                   "control (Adam). fork_rows runs start from an untied copy of the SSFT model (same function)")
+                   help="GFPO runs as gfpo_token_choice:gfpo_trainable:learning_rate[:gfpo_anchor_coef], each with a "
+                   "shuffled-reward control (Adam). fork_rows runs start from an untied copy of the SSFT model (same "
+                   "function)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p.parse_args(argv)
 
@@ -178,7 +187,7 @@ def untied_copy(model_dir: str, dest: str) -> str:
 
 
 def gfpo(model_dir: str, out: str, rows, seed: int, a, shuffle: bool, choice: str, trainable: str,
-         lr: float) -> dict:
+         lr: float, anchor: float = 0.0) -> dict:
     from datasets import Dataset
 
     from trl_ssft import GFPOConfig, GFPOTrainer
@@ -188,7 +197,7 @@ def gfpo(model_dir: str, out: str, rows, seed: int, a, shuffle: bool, choice: st
         gfpo_token_choice=choice, gfpo_trainable=trainable, num_generations=a.num_generations,
         per_device_train_batch_size=a.num_generations * a.questions_per_step, max_completion_length=48,
         temperature=0.7, top_p=0.95, beta=0.0, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_steps=a.steps, logging_steps=max(1, a.steps // 10),
+        weight_decay=0.0, max_steps=a.steps, logging_steps=max(1, a.steps // 10), gfpo_anchor_coef=anchor,
     )
     trainer = GFPOTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(rows),
                           reward_funcs=make_reward(seed + 1000 if shuffle else None))
@@ -252,9 +261,38 @@ def arm_label(key: str) -> str:
     if key == "before":
         return "SSFT (before GFPO)"
     kind, spec = key.split("@")
-    choice, trainable, lr = spec.split(":")
-    return (f"after GFPO, {choice}, {trainable}, lr {lr}" if kind == "gfpo"
-            else f"after control (shuffled rewards), {choice}, {trainable}, lr {lr}")
+    choice, trainable, lr, anchor = parse_arm(spec)
+    what = f"{choice}, {trainable}, lr {lr}" + (f", anchor {anchor:g}" if anchor else "")
+    return f"after GFPO, {what}" if kind == "gfpo" else f"after control (shuffled rewards), {what}"
+
+
+def parse_arm(spec: str) -> tuple[str, str, str, float]:
+    """``choice:trainable:lr[:anchor]`` -> (gfpo_token_choice, gfpo_trainable, learning rate, gfpo_anchor_coef)."""
+    parts = spec.split(":")
+    if len(parts) not in (3, 4):
+        raise ValueError(f"arm {spec!r}: expected choice:trainable:lr[:anchor]")
+    return parts[0], parts[1], parts[2], float(parts[3]) if len(parts) == 4 else 0.0
+
+
+RUN_FILE = "benchmark_run.json"
+RUN_SETTINGS = ("seed", "gfpo_questions", "eval_questions", "rounds", "steps", "num_generations",
+                "questions_per_step", "stage1_steps")
+
+
+def save_run(run_dir: str, a, result: dict) -> None:
+    """A finished GFPO run's training record and evaluation, with the settings that produced them, so that a
+    later ``--reuse`` (e.g. the report over seeds trained in parallel processes) reads it instead of re-running."""
+    with open(os.path.join(run_dir, RUN_FILE), "w") as f:
+        json.dump({"settings": {k: getattr(a, k) for k in RUN_SETTINGS}, **result}, f, default=str)
+
+
+def load_run(run_dir: str, a) -> dict | None:
+    """The saved run of `run_dir` when its settings equal this invocation's, else None."""
+    path = os.path.join(run_dir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    saved = json.load(open(path))
+    return saved if saved.get("settings") == {k: getattr(a, k) for k in RUN_SETTINGS} else None
 
 
 def seed_run(seed: int, data, a) -> dict:
@@ -265,15 +303,22 @@ def seed_run(seed: int, data, a) -> dict:
     out["before"] = evaluate(ssft_dir, held, a)
     dominant = out["before"]["dominant"]
     for spec in out["arms"]:
-        choice, trainable, lr = spec.split(":")
+        choice, trainable, lr, anchor = parse_arm(spec)
         start = ssft_dir if trainable != "fork_rows" else untied_copy(ssft_dir, ssft_dir + "_untied")
         for kind, shuffle in (("gfpo", False), ("control", True)):
             key = f"{kind}@{spec}"
             print(f"== seed {seed}: {key} ({a.steps} steps)", flush=True)
-            out[f"{key}_training"] = gfpo(start, os.path.join(a.work_dir, f"seed{seed}",
-                                                              f"{kind}_{choice}_{trainable}_lr{lr}"),
-                                          gfpo_rows, seed, a, shuffle, choice, trainable, float(lr))
+            name = f"{kind}_{choice}_{trainable}_lr{lr}" + (f"_anchor{anchor:g}" if anchor else "")
+            run_dir = os.path.join(a.work_dir, f"seed{seed}", name)
+            cached = load_run(run_dir, a) if a.reuse else None
+            if cached is not None:
+                print("   reused (benchmark_run.json)", flush=True)
+                out[f"{key}_training"], out[key] = cached["training"], cached["eval"]
+                continue
+            out[f"{key}_training"] = gfpo(start, run_dir, gfpo_rows, seed, a, shuffle, choice, trainable, float(lr),
+                                          anchor)
             out[key] = evaluate(out[f"{key}_training"]["dir"], held, a, dominant)
+            save_run(run_dir, a, {"training": out[f"{key}_training"], "eval": out[key]})
     for key in arm_keys(out):
         r = out[key]
         print(f"   {key:14s} best fixed token {max(r['forced_reward'].values()):.3f}  self-chosen "
@@ -429,13 +474,15 @@ def write_docs(per_seed: dict, a, wall: float, command: str) -> None:
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
-        f"date {datetime.date.today().isoformat()}; wall time {wall / 60:.1f} min (stage 1 reused from "
-        "`benchmarks/mode_preservation.py`'s runs when `--reuse`).",
+        f"date {datetime.date.today().isoformat()}; wall time {wall / 60:.1f} min (with `--reuse`, stage 1 comes "
+        "from `benchmarks/mode_preservation.py`'s runs and finished GFPO runs from their benchmark_run.json: the "
+        "seeds were run in parallel processes first, see the module docstring; training times are below).",
         "",
         "Task: digitsum (the demo family); kind = parity of the first digit; reward = right answer **and** a strategy "
         "that suits the kind (odd: forward / pairs, even: cross / outer). Stage 1 = `benchmarks/mode_preservation.py`'s "
         f"SSFT run; GFPO: Adam, {a.steps} steps x {a.questions_per_step} questions x {a.num_generations} rollouts, "
-        f"T 0.7, beta 0; arms (`gfpo_token_choice`:`gfpo_trainable`:learning rate) {a.arms} (`fork_rows` starts from "
+        f"T 0.7, beta 0, forking tokens suppressed in the continuations (rollouts and evaluation); arms "
+        f"(`gfpo_token_choice`:`gfpo_trainable`:learning rate[:`gfpo_anchor_coef`]) {a.arms} (`fork_rows` starts from "
         "an untied copy of the tied SSFT model, same function); each control has the same settings "
         f"with the batch's rewards shuffled. Held-out: {a.eval_questions} questions (half per kind) x 4 tokens x "
         f"{a.rounds} rounds, forced and self-chosen, T 0.7 top-p 0.95. Fidelity: share of a forced token's samples "

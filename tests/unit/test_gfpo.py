@@ -51,14 +51,14 @@ def make_args(tmp_path, **kw):
     return GFPOConfig(**base)
 
 
-def make_trainer(toy, tmp_path, which="untied", reward=token_reward, fork_tokens=None, **kw):
+def make_trainer(toy, tmp_path, which="untied", reward=token_reward, fork_tokens=None, peft_config=None, **kw):
     from datasets import Dataset
 
     from trl_ssft import GFPOTrainer
 
     paths, data = toy
     return GFPOTrainer(model=paths[which], reward_funcs=reward, args=make_args(tmp_path, **kw),
-                       train_dataset=Dataset.from_list(data), fork_tokens=fork_tokens)
+                       train_dataset=Dataset.from_list(data), fork_tokens=fork_tokens, peft_config=peft_config)
 
 
 def fake_generation(trainer, continuation):
@@ -383,3 +383,33 @@ def test_rollouts_never_continue_with_a_forking_token(toy, tmp_path, suppress):
 def test_free_mode_does_not_suppress_the_first_token(toy, tmp_path):
     trainer = make_trainer(toy, tmp_path, gfpo_token_choice="free")
     assert not trainer.gfpo_suppressing and not (trainer.generation_config.suppress_tokens or [])
+
+
+def test_anchor_pulls_the_continuations_back_to_the_starting_model(toy, tmp_path):
+    """gfpo_anchor_coef: with a constant reward (every advantage 0, so TRL's loss has no gradient) the only
+    gradient is the anchor's. After the weights are perturbed away from the frozen reference copy, training
+    lowers the continuation KL step after step; the policy gradient's token stays untouched by the anchor."""
+    def constant(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    trainer = make_trainer(toy, tmp_path, reward=constant, gfpo_token_choice="enumerate", gfpo_anchor_coef=1.0,
+                           max_steps=10, learning_rate=2e-3, lr_scheduler_type="constant", max_completion_length=8)
+    ref = trainer._gfpo_ref
+    assert ref is not trainer.model and not any(p.requires_grad for p in ref.parameters())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer.train()
+    kl = [h["gfpo/anchor_kl"] for h in trainer.state.log_history if "gfpo/anchor_kl" in h]
+    assert len(kl) == 10 and kl[0] > 0.01, kl
+    assert sum(kl[-3:]) < 0.7 * sum(kl[:3]), kl
+    assert trainer.gfpo_state()["anchor_coef"] == 1.0
+
+
+def test_anchor_refuses_an_adapter_without_a_reference(toy, tmp_path):
+    from peft import LoraConfig
+
+    with pytest.raises(ValueError, match="gfpo_anchor_coef needs a full model"):
+        make_trainer(toy, tmp_path, gfpo_anchor_coef=1.0,
+                     peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))

@@ -56,6 +56,15 @@ class GFPOFields:
         "so that plain samplers emit a forking token (models trained with ssft_fork_token_loss false put "
         "little mass on them). 0 turns it off (no extra forward pass).",
     )
+    gfpo_anchor_coef: float = option(
+        0.0,
+        "Weight of a KL anchor on the rollouts' continuations: TRL's k3 estimate of KL(policy || starting model) "
+        "on the generated tokens after the forking token, mean over those tokens. The policy gradient stays at "
+        "the forking token; this term only pulls the reasoning after it back to the starting (SSFT) model's, so "
+        "that training all weights moves the token choice without blurring what each token does. Keeps a frozen "
+        "copy of the starting model (full models only; TRL's reference model is used when beta > 0). 0 turns "
+        "it off (no extra forward passes).",
+    )
     gfpo_fork_tokens: list[str] | None = option(
         None,
         "The forking-token names. Default: `fork_tokens` of the model's ssft_state.json, else "
@@ -99,6 +108,8 @@ def validate_gfpo_fields(cfg) -> None:
         raise ValueError(f"gfpo_trainable must be one of {TRAINABLE}, got {cfg.gfpo_trainable!r}")
     if not cfg.gfpo_token_temperature > 0:
         raise ValueError(f"gfpo_token_temperature must be > 0, got {cfg.gfpo_token_temperature!r}")
+    if cfg.gfpo_anchor_coef < 0:
+        raise ValueError(f"gfpo_anchor_coef must be >= 0, got {cfg.gfpo_anchor_coef!r}")
     if cfg.gfpo_fork_mass_coef < 0:
         raise ValueError(f"gfpo_fork_mass_coef must be >= 0, got {cfg.gfpo_fork_mass_coef!r}")
     if "{i}" not in cfg.gfpo_fork_token_template:

@@ -101,6 +101,23 @@ def suppress_in_rollouts(trainer, ids: list[int]) -> None:
         trainer.generation_kwargs["suppress_tokens"] = merged
 
 
+def anchor_reference(trainer):
+    """The frozen starting model that `gfpo_anchor_coef` pulls the continuations back to: TRL's reference model
+    when it has one (beta > 0), else a frozen copy of the (full) model before any update."""
+    import copy
+
+    if getattr(trainer, "ref_model", None) is not None:
+        return trainer.ref_model
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "peft_config"):
+        raise ValueError("gfpo_anchor_coef needs a full model (a frozen copy of it is the reference; an adapter's "
+                         "reference would be its base without the SSFT training): merge the adapter into the model "
+                         "first, or set gfpo_anchor_coef 0")
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
 def resolve_fork_tokens(tokenizer, settings: GFPOFields, fork_tokens=None, model_path=None) -> tuple[list, list]:
     """Names and ids of the forking tokens: `fork_tokens`, `gfpo_fork_tokens`, the model's ssft_state.json, or the
     tokenizer's `<think1>`, `<think2>`, ... (`gfpo_fork_token_template`)."""
@@ -130,6 +147,7 @@ class GFPOMixin:
     """The GFPO overrides of a `GRPOTrainer` (TRL's or Axolotl's). Inactive until `gfpo_setup` is called."""
 
     gfpo_args: GFPOFields | None = None
+    _gfpo_ref = None
 
     # ------------------------------------------------------------ setup
     def gfpo_setup(self, settings: GFPOFields, fork_tokens=None, model_path=None) -> None:
@@ -158,6 +176,8 @@ class GFPOMixin:
         self.gfpo_no_fork = 0
         self.gfpo_num_trainable = apply_trainable(self.model, settings.gfpo_trainable, ids,
                                                   getattr(self.args, "weight_decay", 0.0))
+        self._gfpo_ref = anchor_reference(self) if settings.gfpo_anchor_coef > 0 else None
+        self._gfpo_continuations = None
         self.gfpo_suppressing = settings.gfpo_suppress_fork_tokens and settings.gfpo_token_choice != "free"
         if self.gfpo_suppressing:
             suppress_in_rollouts(self, ids)
@@ -250,6 +270,7 @@ class GFPOMixin:
         extra["gfpo_fork_index"] = index
         extra["gfpo_fork_token"] = [self.gfpo_fork_names[k] if k is not None else None for k in index]
         extra["gfpo_continuation_ids"] = continuations
+        self._gfpo_continuations = continuations
         self._gfpo_log_distribution(pending["logp"], index)
         # the one trained token was chosen by the training model: no sampling log-probs, no tool mask
         return prompt_ids, completion_ids, None, completions, None, extra, images, tool_images
@@ -307,6 +328,52 @@ class GFPOMixin:
         coef = self.gfpo_args.gfpo_fork_mass_coef if self.gfpo_args is not None else 0.0
         if coef > 0:
             loss = loss + coef * self._gfpo_mass_loss(model, inputs)
+        if self.gfpo_args is not None and self._gfpo_ref is not None and "gfpo_cont_ids" in inputs:
+            loss = loss + self.gfpo_args.gfpo_anchor_coef * self._gfpo_anchor_loss(model, inputs)
+        return loss
+
+    # ------------------------------------------------------------ optional continuation anchor
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.gfpo_args is None or self._gfpo_ref is None:
+            return output
+        conts, self._gfpo_continuations = self._gfpo_continuations, None
+        if conts is None or len(conts) != output["prompt_ids"].shape[0]:
+            raise RuntimeError("GFPO anchor: the continuations of this generation batch are missing")
+        tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
+        device = output["prompt_ids"].device
+        width = max(1, max(len(c) for c in conts))
+        ids = torch.full((len(conts), width), pad_token_id(tokenizer), dtype=torch.long, device=device)
+        mask = torch.zeros((len(conts), width), dtype=torch.long, device=device)
+        for i, c in enumerate(conts):
+            ids[i, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
+            mask[i, :len(c)] = 1
+        output["gfpo_cont_ids"], output["gfpo_cont_mask"] = ids, mask
+        with torch.no_grad():
+            output["gfpo_ref_cont_logps"] = self._gfpo_cont_logps(self._gfpo_ref, output)
+        return output
+
+    def _gfpo_cont_logps(self, model, inputs) -> torch.Tensor:
+        """log p(continuation token | prompt, forking token, earlier tokens) under `model`: [B, L_cont], at TRL's
+        sampling temperature (as TRL scores completions); padding positions are meaningless (use the mask)."""
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"], inputs["gfpo_cont_ids"]], dim=1)
+        mask = torch.cat([inputs["prompt_mask"], torch.ones_like(inputs["completion_ids"]), inputs["gfpo_cont_mask"]],
+                         dim=1)
+        width = inputs["gfpo_cont_ids"].shape[1]
+        return self._get_per_token_logps_and_entropies(model, ids, mask, width,
+                                                       batch_size=self.args.per_device_train_batch_size)[0]
+
+    def _gfpo_anchor_loss(self, model, inputs) -> torch.Tensor:
+        """k3 estimate of KL(policy || reference) per continuation token (TRL's KL form), mean over the
+        micro-batch's continuation tokens, scaled for GA as TRL scales its loss."""
+        logp = self._gfpo_cont_logps(model, inputs)
+        delta = inputs["gfpo_ref_cont_logps"] - logp
+        kl = torch.exp(delta) - delta - 1
+        m = inputs["gfpo_cont_mask"].to(kl.dtype)
+        loss = (kl * m).sum() / m.sum().clamp_min(1.0)
+        self._gfpo_metric("gfpo/anchor_kl", loss.item())
+        if self._gfpo_mode() == "train":
+            loss = loss / self.current_gradient_accumulation_steps
         return loss
 
     def _gfpo_mass_loss(self, model, inputs) -> torch.Tensor:
@@ -330,7 +397,7 @@ class GFPOMixin:
             "method": "Global Forking Policy Optimization",
             "token_choice": a.gfpo_token_choice, "trainable": a.gfpo_trainable,
             "fork_mass_coef": a.gfpo_fork_mass_coef, "num_generations": int(self.num_generations),
-            "suppress_fork_tokens": bool(self.gfpo_suppressing),
+            "suppress_fork_tokens": bool(self.gfpo_suppressing), "anchor_coef": a.gfpo_anchor_coef,
             "beta": float(getattr(self.args, "beta", 0.0)), "loss_type": getattr(self.args, "loss_type", None),
             "learning_rate": float(self.args.learning_rate), "global_step": int(self.state.global_step),
             "token_counts": counts, "token_mean_reward": means, "no_fork_rollouts": int(self.gfpo_no_fork),
