@@ -261,15 +261,15 @@ def test_vllm_backend_is_one_call_and_missing_module_is_clear(monkeypatch):
 
     calls = []
 
-    def fake_vllm(model_dir, prompts, *, n, temperature, top_p, max_new_tokens, seed, greedy):
-        calls.append((model_dir, prompts, n, temperature, top_p, max_new_tokens, seed, greedy))
+    def fake_vllm(model_dir, prompts, *, n, temperature, top_p, max_new_tokens, seed, greedy, suppress_ids):
+        calls.append((model_dir, prompts, n, temperature, top_p, max_new_tokens, seed, greedy, suppress_ids))
         return [[[7] * (j + 1) for j in range(n)] for _ in prompts]
 
     monkeypatch.setitem(sys.modules, "trl_ssft.eval.vllm_backend", types.SimpleNamespace(generate_ids_vllm=fake_vllm))
     out = E._generate(None, [[1, 2], [3]], n=2, backend="vllm", model_dir="m", max_new_tokens=5, temperature=0.7,
-                      top_p=0.9, greedy=False, seed=3, batch_size=8)
+                      top_p=0.9, greedy=False, seed=3, batch_size=8, suppress_ids=[9])
     assert out == [[[7], [7, 7]], [[7], [7, 7]]]
-    assert calls == [("m", [[1, 2], [3]], 2, 0.7, 0.9, 5, 3, False)]
+    assert calls == [("m", [[1, 2], [3]], 2, 0.7, 0.9, 5, 3, False, [9])]
     monkeypatch.setitem(sys.modules, "trl_ssft.eval.vllm_backend", None)
     with pytest.raises(ImportError, match="backend 'vllm'"):
         E._generate(None, [[1]], backend="vllm", model_dir="m", max_new_tokens=5, temperature=0.7, top_p=0.9,
