@@ -413,3 +413,16 @@ def test_anchor_refuses_an_adapter_without_a_reference(toy, tmp_path):
     with pytest.raises(ValueError, match="gfpo_anchor_coef needs a full model"):
         make_trainer(toy, tmp_path, gfpo_anchor_coef=1.0,
                      peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+
+
+def test_anchor_refuses_sharded_training_without_trl_reference():
+    """Under FSDP / DeepSpeed a plain copy of the model is not a usable reference: beta > 0 is required."""
+    from types import SimpleNamespace
+
+    from trl_ssft.gfpo.mixin import anchor_reference
+
+    for flag in ("is_fsdp_enabled", "is_deepspeed_enabled"):
+        with pytest.raises(ValueError, match="FSDP / DeepSpeed needs beta > 0"):
+            anchor_reference(SimpleNamespace(ref_model=None, **{flag: True}))
+    ref = object()
+    assert anchor_reference(SimpleNamespace(ref_model=ref, is_fsdp_enabled=True)) is ref

@@ -62,8 +62,8 @@ class GFPOFields:
         "on the generated tokens after the forking token, mean over those tokens. The policy gradient stays at "
         "the forking token; this term only pulls the reasoning after it back to the starting (SSFT) model's, so "
         "that training all weights moves the token choice without blurring what each token does. Keeps a frozen "
-        "copy of the starting model (full models only; TRL's reference model is used when beta > 0). 0 turns "
-        "it off (no extra forward passes).",
+        "copy of the starting model (full models only; TRL's reference model is used when beta > 0, which "
+        "FSDP / DeepSpeed need). 0 turns it off (no extra forward passes).",
     )
     gfpo_fork_tokens: list[str] | None = option(
         None,

@@ -108,6 +108,9 @@ def anchor_reference(trainer):
 
     if getattr(trainer, "ref_model", None) is not None:
         return trainer.ref_model
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        raise ValueError("gfpo_anchor_coef under FSDP / DeepSpeed needs beta > 0, so that TRL builds and shards the "
+                         "reference model (a plain copy of a sharded model would be neither whole nor sharded)")
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "peft_config"):
         raise ValueError("gfpo_anchor_coef needs a full model (a frozen copy of it is the reference; an adapter's "
