@@ -46,6 +46,15 @@ def fork_token_ids(tokenizer, names: Sequence[str], *, missing: str = "error") -
     return ids
 
 
+VLLM_MIN_LOGIT_BIAS = -100.0  # vLLM's SamplingParams clamps logit_bias to [-100, 100]
+
+
+def forbidding_logit_bias(ids: Sequence[int]) -> dict[int, float]:
+    """vLLM's way to forbid token `ids` (there is no `suppress_tokens`): the lowest logit bias it accepts, per id.
+    Used by evaluation (`eval.vllm_backend`) and by GFPO's colocated rollouts (`gfpo.mixin.suppress_in_rollouts`)."""
+    return {int(t): VLLM_MIN_LOGIT_BIAS for t in ids}
+
+
 def pad_token_id(tokenizer) -> int:
     """The id that pads batches: the tokenizer's pad token, else its EOS token (`ValueError` if neither)."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)

@@ -152,8 +152,9 @@ def _generate(sm: SSFTModel, prompts: Sequence[Sequence[int]], *, n: int = 1, ba
                               "use backend='hf'") from e
         if model_dir is None:
             raise ValueError("backend 'vllm' needs the model as a directory path")
-        kw = {k: gen_kw.get(k) for k in ("temperature", "top_p", "max_new_tokens", "seed", "greedy", "suppress_ids")}
-        return generate_ids_vllm(model_dir, [list(p) for p in prompts], n=n, **kw)
+        kw = {k: gen_kw[k] for k in ("temperature", "top_p", "max_new_tokens", "seed", "greedy")}
+        return generate_ids_vllm(model_dir, [list(p) for p in prompts], n=n, suppress_ids=gen_kw.get("suppress_ids"),
+                                 **kw)
     if backend != "hf":
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     flat = [p for p in prompts for _ in range(n)]

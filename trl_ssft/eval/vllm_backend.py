@@ -53,6 +53,8 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from ..tokens import forbidding_logit_bias
+
 logger = logging.getLogger(__name__)
 
 MAX_ENGINES = 2
@@ -348,7 +350,7 @@ def generate_ids_vllm(
     greedy = greedy or temperature == 0
     base = dict(max_tokens=max_new_tokens, stop_token_ids=stop, skip_special_tokens=False, detokenize=False)
     if suppress_ids:
-        base["logit_bias"] = {int(t): -100.0 for t in suppress_ids}
+        base["logit_bias"] = forbidding_logit_bias(suppress_ids)
     if greedy:
         params = [SamplingParams(n=1, temperature=0.0, **base)] * len(prompts)
     else:

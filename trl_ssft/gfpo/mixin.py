@@ -28,7 +28,7 @@ import torch
 
 from ..eval.inference import _left_pad, find_fork_tokens
 from ..state import read_ssft_state, resume_dir, write_ssft_state
-from ..tokens import fork_token_ids, pad_token_id
+from ..tokens import forbidding_logit_bias, fork_token_ids, pad_token_id
 from .fields import GFPOFields
 from .params import apply_trainable
 
@@ -88,7 +88,7 @@ def suppress_in_rollouts(trainer, ids: list[int]) -> None:
     vllm = getattr(trainer, "vllm_generation", None)
     if getattr(trainer.args, "use_vllm", False) and vllm is not None:
         bias = dict(vllm.generation_kwargs.get("logit_bias") or {})
-        bias.update({int(t): -100.0 for t in ids})
+        bias.update(forbidding_logit_bias(ids))
         vllm.generation_kwargs = {**vllm.generation_kwargs, "logit_bias": bias}
         return
     config = getattr(trainer, "generation_config", None)
@@ -331,7 +331,7 @@ class GFPOMixin:
         coef = self.gfpo_args.gfpo_fork_mass_coef if self.gfpo_args is not None else 0.0
         if coef > 0:
             loss = loss + coef * self._gfpo_mass_loss(model, inputs)
-        if self.gfpo_args is not None and self._gfpo_ref is not None and "gfpo_cont_ids" in inputs:
+        if self._gfpo_ref is not None:  # set by gfpo_setup only when gfpo_anchor_coef > 0
             loss = loss + self.gfpo_args.gfpo_anchor_coef * self._gfpo_anchor_loss(model, inputs)
         return loss
 
