@@ -5,14 +5,18 @@
 * ``vllm``: vLLM's offline engine (`vllm.LLM`) in this process. Questions are rendered with the model's
   chat template (`LLM.enqueue_chat`, with the teacher's ``chat_template_kwargs``); the engine is stepped
   here and each finished request is emitted at once; at most ``max_in_flight`` requests are queued.
-  ``tensor_parallel_size`` goes to `vllm.LLM`. ``data_parallel_size`` D > 1 follows vLLM's offline
-  data-parallel recipe (examples/features/data_parallel/data_parallel_offline.py): D processes, each
-  with ``VLLM_DP_RANK`` / ``VLLM_DP_SIZE`` / ``VLLM_DP_MASTER_*`` set and ``LLM(data_parallel_size=D)``
-  (vLLM gives each rank its GPUs), each sampling its share of the jobs; records come back to this
-  process through a queue, so one process writes the file. ``reasoning_parser`` splits the text with
-  vLLM's parser of that name, as `vllm serve --reasoning-parser` does.
-  On CPU with one rank the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set:
-  a start of seconds, not a minute); on GPUs vLLM's defaults stand. The engine is shut down after each
+  ``tensor_parallel_size`` goes to `vllm.LLM`. ``data_parallel_size`` D > 1 runs D engine processes
+  (spawned), each sampling every D-th job; records come back to this process through a queue, so one
+  process writes the file. vLLM 0.32 refuses ``LLM(data_parallel_size=D)`` in one process, and its offline
+  data-parallel mode (examples/features/data_parallel/data_parallel_offline.py: ``VLLM_DP_RANK`` /
+  ``VLLM_DP_SIZE`` / ``VLLM_DP_MASTER_*`` per process) for dense models ("not supported/useful"). So: a
+  MoE model (vLLM's ``ModelConfig.is_moe``) gets that mode, vLLM placing the ranks on the GPUs; a dense
+  model gets D independent replicas, each on its own ``tensor_parallel_size`` GPUs (``CUDA_VISIBLE_DEVICES``).
+  ``reasoning_parser`` splits the text with vLLM's parser of that name, as
+  ``vllm serve --reasoning-parser`` does.
+  On CPU with ``tensor_parallel_size`` 1 an engine's core runs in its process
+  (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set: a start of seconds, not a minute); on GPUs vLLM's
+  defaults stand. The engine is shut down after each
   teacher, so several local teachers take the GPUs in turn.
 * ``openai``: any OpenAI-compatible chat endpoint through `openai.AsyncOpenAI`: at most
   ``max_concurrency`` requests in flight, the client's retries with exponential backoff (``max_retries``;
@@ -249,7 +253,7 @@ def run_vllm(teacher: Teacher, jobs: Sequence, emit: Emit) -> None:
 # ---------------------------------------------------------------- OpenAI-compatible endpoints
 def parse_chat_completion(resp: Any) -> dict:
     """The candidate fields of an `openai` ChatCompletion: ``thinking`` (the message's
-    ``reasoning_content``, DeepSeek's API and older vLLM, or ``reasoning``, vLLM >= 0.11), ``response``
+    ``reasoning_content``, DeepSeek's API and older vLLM, or ``reasoning``, recent vLLM), ``response``
     (the content, "" when null), ``finish_reason``, ``usage``, ``model``, and ``error`` (no choice, or
     a refusal)."""
     out: dict = {"model": getattr(resp, "model", None), "usage": None}

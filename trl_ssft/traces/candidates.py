@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 REQUIRED_KEYS = ("question_id", "prompt", "answer", "teacher", "sample_index", "thinking", "response",
@@ -72,16 +72,17 @@ class CandidatesFile:
     """Append-only writer of a candidates file that knows what is already in it.
 
     ``cf = CandidatesFile(path); done, failed = cf.open(retry=...)``: `done` holds the keys of lines
-    without an error, `failed` those of error lines. Keys in `retry` (a set of keys, typically the
-    failed ones of the teachers about to run) are removed from the file first (rewritten atomically),
-    so that a retried sample still has exactly one line. ``cf.append(rec)`` writes and flushes one line.
+    without an error, `failed` those of error lines. Error lines whose key satisfies `retry` (a
+    predicate, typically "a sample of a teacher about to run") are removed from the file first
+    (rewritten atomically), so that a retried sample still has exactly one line. ``cf.append(rec)``
+    writes and flushes one line.
     """
 
     def __init__(self, path: str):
         self.path = path
         self._f = None
 
-    def open(self, retry: set | None = None) -> tuple[set, set]:
+    def open(self, retry: Callable[[tuple], bool] | None = None) -> tuple[set, set]:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)) or ".", exist_ok=True)
         self._repair_tail()
         done, failed, seen = set(), set(), set()
@@ -92,8 +93,8 @@ class CandidatesFile:
                     raise ValueError(f"{self.path}, line {n}: sample {key} appears twice")
                 seen.add(key)
                 (failed if rec["error"] else done).add(key)
-        if retry:
-            drop = retry & failed
+        if retry is not None:
+            drop = {key for key in failed if retry(key)}
             if drop:
                 self._rewrite_without(drop)
                 failed -= drop

@@ -57,7 +57,7 @@ from typing import Any
 from ..checks import SSFTDataError, _check_prompt
 from .backends import BACKENDS, TeacherFailed
 from .candidates import CandidatesFile
-from .teachers import Teacher, load_teachers
+from .teachers import Teacher, load_teachers, teacher_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -169,14 +169,17 @@ def generate_candidates(questions: Sequence[Question], teachers: Sequence[Teache
     `out_path` (see the module docstring), resuming from what it holds. Teachers run one after another;
     a teacher that stops early (`backends.TeacherFailed`) is reported in the summary, the others still run."""
     summary = Summary(out_path)
-    keys = {t.name: [(q.question_id, t.name, k) for q in questions for k in range(t.samples)] for t in teachers}
-    retry = {key for ks in keys.values() for key in ks} if retry_failed else set()
+    qids, samples = {q.question_id for q in questions}, {t.name: t.samples for t in teachers}
+
+    def ours(key: tuple) -> bool:  # a sample this run asks for
+        return key[0] in qids and key[1] in samples and key[2] < samples[key[1]]
+
     with CandidatesFile(out_path) as cf:
-        done, failed = cf.open(retry=retry)
+        done, failed = cf.open(retry=ours if retry_failed else None)
         for t in teachers:
-            s = TeacherSummary(t.name, requested=len(keys[t.name]))
-            s.present = sum(k in done for k in keys[t.name])
-            s.failed_before = sum(k in failed for k in keys[t.name])
+            s = TeacherSummary(t.name, requested=len(questions) * t.samples)
+            s.present = sum(ours(k) for k in done if k[1] == t.name)
+            s.failed_before = sum(ours(k) for k in failed if k[1] == t.name)
             jobs = [Job(q, k) for q in questions for k in range(t.samples)
                     if (q.question_id, t.name, k) not in done and (q.question_id, t.name, k) not in failed]
             summary.teachers.append(s)
@@ -219,6 +222,9 @@ FLAG_TEACHER = ("name", "backend", "model", "base_url", "api_key_env", "max_conc
                 "tensor_parallel_size", "data_parallel_size", "engine_kwargs", "reasoning_parser")
 
 
+_D = teacher_defaults()  # for the help strings
+
+
 def _json_arg(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -248,19 +254,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=sorted(BACKENDS), help="default: openai with --base-url, else vllm")
     g.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     g.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
-    g.add_argument("--max-concurrency", type=int, help="openai: requests in flight (default 16)")
-    g.add_argument("--timeout", type=float, help="openai: seconds per request attempt (default 600)")
-    g.add_argument("--max-retries", type=int, help="openai: retries with backoff per request (default 5)")
+    g.add_argument("--max-concurrency", type=int, help=f"openai: requests in flight (default {_D['max_concurrency']})")
+    g.add_argument("--timeout", type=float, help=f"openai: seconds per request attempt (default {_D['timeout']:g})")
+    g.add_argument("--max-retries", type=int, help=f"openai: retries with backoff per request (default {_D['max_retries']})")
     g.add_argument("--tensor-parallel-size", type=int, help="vllm: GPUs per engine (default 1)")
     g.add_argument("--data-parallel-size", type=int, help="vllm: engine replicas, vLLM's offline data parallel")
     g.add_argument("--engine-kwargs", type=_json_arg, help='vllm: JSON for vllm.LLM, e.g. {"max_model_len": 16384}')
     g.add_argument("--reasoning-parser", help="vllm: vLLM reasoning parser splitting thinking from the answer")
     s = parser.add_argument_group("sampling (override every teacher's setting when given)")
-    s.add_argument("-k", "--samples", type=int, help="samples per question K (default 1)")
-    s.add_argument("--temperature", type=float, help="default 0.7")
-    s.add_argument("--top-p", type=float, help="default 0.95")
+    s.add_argument("-k", "--samples", type=int, help=f"samples per question K (default {_D['samples']})")
+    s.add_argument("--temperature", type=float, help=f"default {_D['temperature']}")
+    s.add_argument("--top-p", type=float, help=f"default {_D['top_p']}")
     s.add_argument("--max-tokens", type=int, help="default: up to the context / the server's default")
-    s.add_argument("--seed", type=int, help="base seed of the per-sample seeds (default 0)")
+    s.add_argument("--seed", type=int, help=f"base seed of the per-sample seeds (default {_D['seed']})")
     s.add_argument("--system-prompt", help="system turn prepended to every question without one")
     s.add_argument("--chat-template-kwargs", type=_json_arg, help='JSON, e.g. {"enable_thinking": true}')
     s.add_argument("--extra-body", type=_json_arg, help="JSON merged into each request (openai) / SamplingParams "
@@ -280,8 +286,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:  # SSFTDataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = generate_candidates(questions, teachers, args.output, retry_failed=args.retry_failed,
-                                  progress=not args.no_progress)
+    try:
+        summary = generate_candidates(questions, teachers, args.output, retry_failed=args.retry_failed,
+                                      progress=not args.no_progress)
+    except (ValueError, OSError) as e:  # e.g. a candidates file that is not one, a teacher vLLM refuses
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for line in summary.lines():
         print(line)
     return 0 if summary.complete else 1

@@ -84,7 +84,7 @@ class Teacher:
             raise ValueError(f"{where}: unknown backend {self.backend!r}; choose one of {sorted(BACKEND_OPTIONS)}")
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"{where}: 'model' must be a non-empty string (a local dir or the served model name)")
-        defaults = {f.name: _default(f) for f in dataclasses.fields(self)}
+        defaults = teacher_defaults()
         for backend, names in BACKEND_OPTIONS.items():
             if backend == self.backend:
                 continue
@@ -122,6 +122,11 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 TEACHER_KEYS = frozenset(f.name for f in dataclasses.fields(Teacher))
+
+
+def teacher_defaults() -> dict:
+    """{option: built-in default} of `Teacher` (``name``, ``backend``, ``model`` have none)."""
+    return {f.name: _default(f) for f in dataclasses.fields(Teacher)}
 
 
 def make_teacher(entry: dict, defaults: dict | None = None, overrides: dict | None = None,
