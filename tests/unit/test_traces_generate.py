@@ -150,3 +150,14 @@ def test_parse_chat_completion_reasoning_fields():
     refused = parse_chat_completion(_completion({"content": None, "refusal": "I can't"}, "content_filter"))
     assert refused["error"] == "refusal: I can't"
     assert parse_chat_completion(_completion({}, choices=False))["error"] == "the response has no choices"
+
+
+def test_data_parallel_device_slices():
+    from trl_ssft.traces.backends import device_slices
+
+    assert device_slices(["0", "1", "2", "3", "4", "5", "6", "7"], 4, 2) == [["0", "1"], ["2", "3"], ["4", "5"],
+                                                                               ["6", "7"]]
+    assert device_slices(["3", "5", "7"], 3, 1) == [["3"], ["5"], ["7"]]  # the visible ids, in order
+    with pytest.raises(ValueError, match="teacher big: data_parallel_size 2 x tensor_parallel_size 4 needs 8 GPUs, "
+                                         "6 visible"):
+        device_slices([str(i) for i in range(6)], 2, 4, "big")

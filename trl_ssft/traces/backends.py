@@ -173,12 +173,18 @@ def _rank_envs(teacher: Teacher, n_jobs: int) -> list[dict]:
 
     if current_platform.is_cpu():
         return [{} for _ in range(size)]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    var = current_platform.device_control_env_var  # CUDA_VISIBLE_DEVICES on CUDA and ROCm
+    visible = os.environ.get(var)
     devices = visible.split(",") if visible else [str(i) for i in range(current_platform.device_count())]
+    return [{var: ",".join(d)} for d in device_slices(devices, size, tp, teacher.name)]
+
+
+def device_slices(devices: Sequence[str], size: int, tp: int, name: str = "") -> list[list[str]]:
+    """The devices of each of `size` dense replicas: consecutive groups of `tp` of the visible `devices`."""
     if len(devices) < size * tp:
-        raise ValueError(f"teacher {teacher.name}: data_parallel_size {size} x tensor_parallel_size {tp} needs "
+        raise ValueError(f"teacher {name}: data_parallel_size {size} x tensor_parallel_size {tp} needs "
                          f"{size * tp} GPUs, {len(devices)} visible")
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(devices[r * tp:(r + 1) * tp])} for r in range(size)]
+    return [list(devices[r * tp:(r + 1) * tp]) for r in range(size)]
 
 
 def _rank_worker(teacher: Teacher, jobs: list, env: dict, queue) -> None:
