@@ -27,7 +27,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from scripts.runner import REPO, env  # noqa: E402
-from trl_ssft.traces.candidates import key_of  # noqa: E402
+from trl_ssft.traces.candidates import key_of, read_candidates  # noqa: E402
 
 K = 3
 N_QUESTIONS = 6
@@ -177,7 +177,7 @@ def test_serve_kill_mid_run_and_resume(server_url, server, questions, tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = _records(out)
+    partial = list(read_candidates(str(out)))  # a line cut by the kill would be skipped
     total = len(qs) * k
     assert 4 <= len(partial) < total, f"killed after {len(partial)} of {total} samples: not mid-run"
     with open(out, "a") as f:
