@@ -1,0 +1,1 @@
+"""Building SSFT trace sets: convert public datasets, generate from teachers, verify, select, report."""
