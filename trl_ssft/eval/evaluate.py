@@ -100,7 +100,8 @@ def _forced_requests(sm: SSFTModel, rows: list[dict], plan: _Plan, seed: int) ->
 def _header(model, sm: SSFTModel, plan: _Plan, gen: dict, requests: Sequence[Request], self_choose) -> dict:
     """What makes two runs' samples interchangeable (checked when resuming)."""
     digest = hashlib.sha256(json.dumps([[list(r.key), r.prompt] for r in requests]).encode()).hexdigest()
-    return {"model": os.path.abspath(model) if isinstance(model, str) else getattr(sm.model, "name_or_path", None),
+    name = model if isinstance(model, str) else getattr(sm.model, "name_or_path", None)
+    return {"model": os.path.abspath(name) if isinstance(name, str) and os.path.exists(name) else name,
             "prompts_sha256": digest, "tokens": plan.labels, "layout": sm.layout.layout.describe(),
             "rounds": plan.rounds, "seed": gen["seed"], "greedy": plan.greedy,
             "temperature": None if plan.greedy else gen["temperature"], "top_p": None if plan.greedy else gen["top_p"],

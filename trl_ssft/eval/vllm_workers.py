@@ -10,6 +10,7 @@ differences between batches).
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue as queue_mod
 from collections.abc import Callable, Sequence
@@ -37,15 +38,15 @@ def shard_devices(workers: int, tensor_parallel_size: int = 1, visible: str | No
     return [",".join(ids[r * tensor_parallel_size:(r + 1) * tensor_parallel_size]) for r in range(workers)]
 
 
-def _worker(rank: int, devices: str | None, model_dir: str, items: list, kwargs: dict, out) -> None:
+def _worker(rank: int, devices: str | None, model_dir: str, items: list, kwargs: dict, out, stream: str) -> None:
     """One engine: generate `items` ([(global index, prompt, seed)]) and put finished samples on `out`."""
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     try:
-        from .vllm_backend import stream_ids_vllm
-
-        stream_ids_vllm(model_dir, [p for _, p, _ in items], seeds=[s for _, _, s in items],
-                        on_done=lambda done: out.put(("done", [(items[j][0], ids) for j, ids in done])), **kwargs)
+        module, _, name = stream.partition(":")
+        stream_ids = getattr(importlib.import_module(module), name)
+        stream_ids(model_dir, [p for _, p, _ in items], seeds=[s for _, _, s in items],
+                   on_done=lambda done: out.put(("done", [(items[j][0], ids) for j, ids in done])), **kwargs)
         out.put(("end", rank))
     except BaseException as e:  # reported to the parent, which raises
         out.put(("error", rank, f"{type(e).__name__}: {e}"))
@@ -53,9 +54,10 @@ def _worker(rank: int, devices: str | None, model_dir: str, items: list, kwargs:
 
 def stream_data_parallel(model_dir: str, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int],
                          on_done: Callable[[list[tuple[int, list[int]]]], None], data_parallel_size: int,
-                         **kwargs) -> None:
-    """`vllm_backend.stream_ids_vllm` over `data_parallel_size` engines in worker processes; `on_done` gets
-    ``[(prompt index, new ids), ...]`` as workers finish samples. A worker that fails or dies raises `RuntimeError`."""
+                         stream: str = "trl_ssft.eval.vllm_backend:stream_ids_vllm", **kwargs) -> None:
+    """`vllm_backend.stream_ids_vllm` (`stream`: ``module:function`` run in each worker) over `data_parallel_size`
+    engines in worker processes; `on_done` gets ``[(prompt index, new ids), ...]`` as workers finish samples. A
+    worker that fails or dies raises `RuntimeError`."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -65,7 +67,8 @@ def stream_data_parallel(model_dir: str, prompts: Sequence[Sequence[int]], *, se
     for r in range(data_parallel_size):
         items = [(j, [int(t) for t in prompts[j]], int(seeds[j])) for j in range(r, len(prompts), data_parallel_size)]
         if items:
-            procs.append(ctx.Process(target=_worker, args=(r, devices[r], model_dir, items, kwargs, out), daemon=True))
+            procs.append(ctx.Process(target=_worker, args=(r, devices[r], model_dir, items, kwargs, out, stream),
+                                     daemon=True))
     for p in procs:
         p.start()
     ended = 0
