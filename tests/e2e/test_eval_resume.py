@@ -82,7 +82,7 @@ def test_sigkill_then_resume_equals_one_run(setup):
     assert proc.returncode == -signal.SIGKILL and 8 <= kept < TOTAL, (proc.returncode, kept)
     resumed = subprocess.run(_cmd(base, "two", "--resume"), env=env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert f"samples already there" in resumed.stderr
+    assert "samples already there" in resumed.stderr
     a, b = _report(base / "one.json"), _report(base / "two.json")
     assert a == b
     assert a["fork_layout"]["name"] == "released" and a["samples_per_question"] == len(NAMES) * ROUNDS
@@ -90,7 +90,3 @@ def test_sigkill_then_resume_equals_one_run(setup):
     lines_b = open(samples).read().splitlines()
     assert lines_a == lines_b and len(lines_a) == 1 + TOTAL
     assert len({json.loads(x)["text"] for x in lines_a[1:]}) > TOTAL // 2  # real samples, not one repeated text
-    # another seed is refused by --resume (the file's header says how it was made)
-    other = subprocess.run(_cmd(base, "two", "--resume", "--seed", "6"), env=env(), capture_output=True, text=True,
-                           timeout=600)
-    assert other.returncode != 0 and "cannot resume" in other.stderr and "seed" in other.stderr

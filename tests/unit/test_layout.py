@@ -145,3 +145,16 @@ def test_matching_costs_with_layout_are_exact(tok):
         torch.testing.assert_close(torch.from_numpy(got[None][b]), ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(torch.from_numpy(got[False][b]), ref, rtol=1e-5, atol=1e-6)
     json.dumps(rel.layout.describe())  # what ssft_state.json stores
+
+
+@pytest.mark.axolotl
+def test_axolotl_collator_takes_the_layout(tok):
+    """The Axolotl front end: the plugin passes `ssft_fork_layout` to the collator, whose loss-token counts include
+    the span with ssft_fork_token_loss (the schema field is generated from the same `SSFTFields`)."""
+    pytest.importorskip("axolotl")
+    from axolotl_ssft.trainer import SSFTAxolotlCollator
+
+    coll = SSFTAxolotlCollator(tok, num_fork_tokens=3, fork_token_loss=True, fork_layout="released")
+    assert coll.layout == tokenize_layout(tok, "released")
+    batch = coll([{"prompt_ids": [5, 6], "trace_ids": [[7, 2], [8, 9, 2]]}])
+    assert int(batch["ssft_num_loss_tokens"].sum()) == 5 + 2 * 3

@@ -197,13 +197,7 @@ def evaluate_model(
     rules = EvalRules(math_verify, cfg["missing_answers"], cfg["extract"], answer_pattern, choices,
                       cfg["cons_estimator"])
     self_choose = resolve_self_choose(model, self_choose)
-    load = backend != "vllm" or self_choose is not None
-    if isinstance(model, SSFTModel):
-        sm = model if fork_layout is None else dataclasses.replace(
-            model, layout=tokenize_layout(model.tokenizer, fork_layout))
-    else:
-        sm = load_ssft_model(model, device=device, dtype=dtype, fork_tokens=fork_tokens, load_model=load,
-                             fork_layout=fork_layout)
+    sm = _load(model, fork_layout, device, dtype, fork_tokens, load_model=backend != "vllm" or self_choose is not None)
     rows = _rows(data, spec, data_files, cfg, prompt_column, answer_column, chat, max_questions, choice_seed)
     if choices:
         gold_choices(rows, choices)
@@ -219,14 +213,7 @@ def evaluate_model(
     if proto is not None:  # listed before any sample is generated
         print(format_differences(spec, proto["differs_from_authors"]), file=sys.stderr, flush=True)
     classify, mode_names = pick_classifier(mode_classifier, rows)
-    requests, forked = _forced_requests(sm, rows, plan, seed)
-    own = self_chosen_requests(sm, rows, forked, plan.tokens, plan.rounds, self_choose, seed) \
-        if self_choose and plan.use_fork_tokens else None
-    everything = requests + (own[0] if own else [])
-    store = SampleStore(samples_path, _header(model, sm, plan, gen, everything, self_choose), resume)
-    if store.resumed:
-        print(f"resuming {samples_path}: {store.resumed} of {len(everything)} samples already there", file=sys.stderr)
-    records = run_requests(sm, everything, store, gen, progress)
+    own, records, store = _generate_all(model, sm, rows, plan, gen, self_choose, samples_path, resume, progress)
     shape = (len(rows), len(plan.labels), plan.rounds)
     s = fill(records, shape)
     score_samples(s, rows, rules, classify)
@@ -244,6 +231,28 @@ def evaluate_model(
     if keep_samples:  # forced samples, then the self-chosen ones ("self_chosen": True)
         report["samples"] = samples
     return report
+
+
+def _load(model, fork_layout, device, dtype, fork_tokens, load_model: bool) -> SSFTModel:
+    """The `SSFTModel` of `model` (a dir, or an `SSFTModel` given), with `fork_layout` overriding its layout."""
+    if isinstance(model, SSFTModel):
+        return model if fork_layout is None else dataclasses.replace(
+            model, layout=tokenize_layout(model.tokenizer, fork_layout))
+    return load_ssft_model(model, device=device, dtype=dtype, fork_tokens=fork_tokens, load_model=load_model,
+                           fork_layout=fork_layout)
+
+
+def _generate_all(model, sm: SSFTModel, rows, plan: _Plan, gen: dict, self_choose, samples_path, resume, progress):
+    """Every sample of the evaluation (forced tokens, then self-chosen ones) through the samples file:
+    ``(self-chosen (requests, picks, probs) or None, key -> record, the store)``."""
+    requests, forked = _forced_requests(sm, rows, plan, gen["seed"])
+    own = self_chosen_requests(sm, rows, forked, plan.tokens, plan.rounds, self_choose, gen["seed"]) \
+        if self_choose and plan.use_fork_tokens else None
+    everything = requests + (own[0] if own else [])
+    store = SampleStore(samples_path, _header(model, sm, plan, gen, everything, self_choose), resume)
+    if store.resumed:
+        print(f"resuming {samples_path}: {store.resumed} of {len(everything)} samples already there", file=sys.stderr)
+    return own, run_requests(sm, everything, store, gen, progress), store
 
 
 def _protocol(spec, protocol, cfg, sm: SSFTModel, plan: _Plan, rules: EvalRules, backend, data_files) -> dict | None:
