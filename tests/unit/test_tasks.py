@@ -133,7 +133,7 @@ def test_task_evaluation_scores_and_reports(sm, tmp_path, monkeypatch, task, pro
     def text(q, i):
         gold = rows[q]["answer"] if i == 0 else ("A" if rows[q]["answer"] != "A" else "B") if spec.choices else "7"
         if spec.choices:
-            return f"step by step ... Answer: {gold}" if protocol == "authors" else f"so \\boxed{{{gold}}}"
+            return f"step by step ... Answer: ${gold}$" if protocol == "authors" else f"so \\boxed{{{gold}}}"
         return f"... Therefore, the final answer is: $\\boxed{{{gold}}}$. I hope it is correct"
 
     def fake(sm_, prompts, seeds, on_done, **kw):
