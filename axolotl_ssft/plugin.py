@@ -136,9 +136,12 @@ class SSFTPlugin(BasePlugin):
         names = fork_names(cfg)
         ids = fork_token_ids(tokenizer, names)
         settings = ssft_settings(cfg)
-        train = finalize_dataset(meta.train_dataset, settings, ids, names, cfg.sequence_len, "train")
+        from trl_ssft.layout import layout_extra_tokens
+
+        extra = layout_extra_tokens(tokenizer, settings.ssft_fork_layout)  # the layout's text counts against the length
+        train = finalize_dataset(meta.train_dataset, settings, ids, names, cfg.sequence_len - extra, "train")
         eval_ds = finalize_dataset(meta.eval_dataset, settings, ids, names,
-                                   cfg.get("eval_sequence_len") or cfg.sequence_len, "eval")
+                                   (cfg.get("eval_sequence_len") or cfg.sequence_len) - extra, "eval")
         total, sup = supervised_tokens(train)
         if "total_num_tokens" in placeholders:
             cfg["total_num_tokens"] = total
@@ -209,6 +212,7 @@ class SSFTPlugin(BasePlugin):
         return SSFTAxolotlCollator, {
             "num_fork_tokens": s.ssft_num_fork_tokens, "assignment": s.ssft_assignment,
             "fork_token_loss": s.ssft_fork_token_loss, "max_traces_policy": s.ssft_max_traces_policy,
+            "fork_layout": s.ssft_fork_layout,
         }
 
     def post_trainer_create(self, cfg, trainer) -> None:

@@ -20,15 +20,18 @@ from .args import ssft_settings
 
 
 def SSFTAxolotlCollator(tokenizer=None, *, num_fork_tokens: int, assignment: str = "hungarian",  # noqa: N802
-                        fork_token_loss: bool = False, max_traces_policy: str = "error",
+                        fork_token_loss: bool = False, max_traces_policy: str = "error", fork_layout: str | None = None,
                         **_axolotl_kwargs: Any) -> SSFTCollator:
     """Build the core collator the way Axolotl's builder calls a collator class: ``cls(tokenizer, **kwargs)``.
 
     Axolotl's own padding arguments (`padding`, `pad_to_multiple_of`, `return_tensors`) are ignored: the
     collator keeps questions as prompt + trace lists, and the trainer pads the rows it builds.
     """
+    from trl_ssft.layout import tokenize_layout
+
     return SSFTCollator(pad_token_id=pad_token_id(tokenizer), num_fork_tokens=num_fork_tokens,
-                        assignment=assignment, fork_token_loss=fork_token_loss, max_traces_policy=max_traces_policy)
+                        assignment=assignment, fork_token_loss=fork_token_loss, max_traces_policy=max_traces_policy,
+                        layout=tokenize_layout(tokenizer, fork_layout))
 
 
 class AxolotlSSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, AxolotlTrainer):

@@ -4,8 +4,8 @@ Output (B questions, M_max traces, lengths padded with `pad_token_id`):
 
 - ``ssft_prompt_ids`` [B, P_max], ``ssft_prompt_len`` [B]
 - ``ssft_trace_ids`` [B, M_max, L_max], ``ssft_trace_len`` [B, M_max] (0 = no trace in that slot)
-- ``ssft_num_loss_tokens`` [B]: tokens that carry loss for each question (trace tokens, plus one per
-  trace for the forking token when `fork_token_loss` and a token is used). The trainer sums these
+- ``ssft_num_loss_tokens`` [B]: tokens that carry loss for each question (trace tokens, plus the forking-token
+  span per trace, `layout.fork_loss_tokens`, when `fork_token_loss` and a token is used). The trainer sums these
   over the gradient-accumulation window to normalise the loss exactly like SFT does.
 
 Rows with more traces than forking tokens (M > N) are passed whole under policy ``subsample``: the
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .checks import check_max_traces
+from .layout import LayoutIds, fork_loss_tokens
 
 
 @dataclass
@@ -33,6 +34,7 @@ class SSFTCollator:
     assignment: str = "hungarian"
     fork_token_loss: bool = False
     max_traces_policy: str = "error"
+    layout: LayoutIds | None = None  # the tokenized forking-token layout (None: the token alone)
 
     def _check_m(self, traces: list[list[int]]) -> list[list[int]]:
         """All traces pass (the trainer draws N per step under ``subsample``); M > N fails under ``error``."""
@@ -50,7 +52,7 @@ class SSFTCollator:
         trace_ids = torch.full((b, m_max, l_max), self.pad_token_id, dtype=torch.long)
         trace_len = torch.zeros((b, m_max), dtype=torch.long)
         loss_tokens = torch.zeros(b, dtype=torch.long)
-        per_trace_extra = 1 if (self.fork_token_loss and self.assignment != "none") else 0
+        per_trace_extra = fork_loss_tokens(self.layout, self.fork_token_loss) if self.assignment != "none" else 0
         for i, (p, ts) in enumerate(zip(prompts, traces)):
             prompt_ids[i, : len(p)] = torch.tensor(p)
             for j, t in enumerate(ts):

@@ -349,6 +349,10 @@ def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: 
         dataset = Dataset.from_dict({c: [r[c] for r in tokenized] for c in TOKENIZED_COLUMNS})
         fields = ("prompt", "traces")
     known = [(i, t) for i, t in zip(fork_token_ids(tokenizer, names, missing="none"), names) if i is not None]
+    if max_length is not None:  # the forking-token layout's text (trl_ssft.layout) counts against max_length
+        from .layout import layout_extra_tokens
+
+        max_length -= layout_extra_tokens(tokenizer, getattr(cfg, "ssft_fork_layout", None))
     out, _ = finalize_tokenized(
         dataset, fork_ids=[i for i, _ in known], fork_names=[t for _, t in known], num_fork_tokens=n,
         max_traces_policy=policy, assignment=assignment, duplicate_policy=cfg.ssft_duplicate_traces,

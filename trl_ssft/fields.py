@@ -33,6 +33,14 @@ class SSFTFields:
         "Name of forking token i (1-based) as a format string with `{i}`. Names already in the tokenizer "
         "are reused with their trained embeddings; missing ones are added as special tokens.",
     )
+    ssft_fork_layout: str = option(
+        "bare",
+        "Text around the forking token (`trl_ssft.layout`): a preset, `bare` (the token alone right after the "
+        "generation prompt) or `released` (the released SSFT-32B checkpoints' layout on Qwen chat templates: "
+        "`<|im_start|>` before the token, a newline after), or a JSON object `{\"before\": ..., \"after\": ...}`. "
+        "Recorded in ssft_state.json; evaluation and GFPO use it automatically. With `ssft_fork_token_loss` the "
+        "whole span (before, token, after) carries loss, else none of it.",
+    )
     ssft_assignment: str = option(
         "hungarian",
         "How traces get forking tokens each step. `hungarian`: SSFT, minimum-cost bipartite matching (the "
@@ -122,6 +130,9 @@ def validate_ssft_fields(cfg) -> None:
     tmpl = cfg.ssft_fork_token_template
     if "{i}" not in tmpl:
         raise ValueError(f"ssft_fork_token_template must contain '{{i}}', got {tmpl!r}")
+    from .layout import resolve_layout
+
+    resolve_layout(getattr(cfg, "ssft_fork_layout", None))  # ValueError for an unknown preset or a bad object
     if cfg.ssft_assignment not in MODES:
         raise ValueError(f"ssft_assignment must be one of {tuple(MODES)}, got {cfg.ssft_assignment!r}")
     if cfg.ssft_match_tokens is not None and cfg.ssft_match_tokens < 1:

@@ -22,15 +22,17 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .distributed import is_distributed, max_over_ranks
+from .layout import LayoutIds, fork_loss_tokens, fork_span
 from .output_head import IGNORE_INDEX, OutputHead, chunked_nll_sum, shifted_targets, zero_from
 
 
 def build_rows(prompts: Sequence[list[int]], traces: Sequence[list[list[int]]],
                assignments: Sequence, fork_ids: Sequence[int], fork_loss: bool, pad_id: int,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               layout: LayoutIds | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded input_ids, attention_mask, labels ``[sum_b M_b, S]`` of the matched sequences.
 
-    assignments[b]: token index per trace ([M_b]) or None (no forking token).
+    assignments[b]: token index per trace ([M_b]) or None (no forking token). The forking token comes with the
+    text of `layout` around it (`layout.fork_span`; None: the token alone).
     """
     seqs, labs = [], []
     for p, ts, a in zip(prompts, traces, assignments):
@@ -39,9 +41,9 @@ def build_rows(prompts: Sequence[list[int]], traces: Sequence[list[list[int]]],
                 seqs.append(p + t)
                 labs.append([IGNORE_INDEX] * len(p) + t)
             else:
-                fid = fork_ids[int(a[j])]
-                seqs.append(p + [fid] + t)
-                labs.append([IGNORE_INDEX] * len(p) + [fid if fork_loss else IGNORE_INDEX] + t)
+                span, span_labels = fork_span(fork_ids[int(a[j])], layout, fork_loss)
+                seqs.append(p + span + t)
+                labs.append([IGNORE_INDEX] * len(p) + span_labels + t)
     s = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), s), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), s), IGNORE_INDEX, dtype=torch.long)
@@ -53,9 +55,10 @@ def build_rows(prompts: Sequence[list[int]], traces: Sequence[list[list[int]]],
     return ids, mask, labels
 
 
-def loss_tokens(traces: Sequence[list[list[int]]], fork_loss: bool, uses_tokens: bool) -> int:
-    """Tokens that carry loss: trace tokens (+ one per trace for the forking token when it is trained)."""
-    extra = 1 if (fork_loss and uses_tokens) else 0
+def loss_tokens(traces: Sequence[list[list[int]]], fork_loss: bool, uses_tokens: bool,
+                layout: LayoutIds | None = None) -> int:
+    """Tokens that carry loss: trace tokens (+ the forking-token span per trace when it is trained)."""
+    extra = fork_loss_tokens(layout, fork_loss) if uses_tokens else 0
     return sum(len(t) + extra for ts in traces for t in ts)
 
 

@@ -1,16 +1,18 @@
 """The matching pass: mean next-token loss of many continuations, without gradient, in bounded memory.
 
 `score_continuations`: for R rows ``prefix_r + cont_r``, ``cost_r = mean_t -log p(cont_r[t] | prefix_r,
-cont_r[:t])`` (the prefix's own tokens, including the forking token that ends it, are not scored).
-`cost_matrices`: SSFT's cost C[i, j] per question, from the N x M rows ``[prompt, fork_i, trace_j[:T]]``.
+cont_r[:t])`` (the prefix's own tokens, including the forking token and its layout text, are not scored).
+`cost_matrices`: SSFT's cost C[i, j] per question, from the N x M rows ``[prompt, span_i, trace_j[:T]]`` where
+``span_i = before + fork_i + after`` (`layout.fork_span`; the bare layout is the token alone).
 
 Every optimisation is exact (same numbers up to float rounding), on by default, and can be turned off
 through `ScoringOptions` (passed explicitly; no module state):
 
-- **shared prompt** (``share_prefix``): rows whose prefixes agree on all but the last token (in SSFT the
-  N x M rows of one question share ``prompt``) get that context computed once: one forward over the
-  distinct contexts returns their key/value cache; each row then runs only ``[fork_i, trace_j[:-1]]`` on
-  top of its question's cache (left-padded to the chunk's longest context, masked, positions continued).
+- **shared prompt** (``share_prefix``): rows whose prefixes agree on their first ``shared_lens[r]`` tokens (default:
+  all but the last; in SSFT the N x M rows of one question share ``prompt + before``, the layout's text before
+  the token) get that context computed once: one forward over the distinct contexts returns their key/value
+  cache; each row then runs only ``[fork_i, after, trace_j[:-1]]`` on top of its question's cache (left-padded to
+  the chunk's longest context, masked, positions continued); only trace tokens are scored.
   Used when every layer is plain full attention (`supports_prefix_cache`) and a context is shared.
 - **no wasted positions**: the last continuation token is never fed, and only the scored positions reach
   the output layer (``logits_to_keep``; ``keep_only_scored``).
@@ -30,8 +32,8 @@ Under several processes the number of forward calls is made equal on every rank 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import max_over_ranks
-from .scoring_plan import _config, estimate_bytes, plan_chunks, plan_chunks_2d, supports_prefix_cache
+from .layout import LayoutIds, fork_span
+from .scoring_plan import (_fits, _Plan, estimate_bytes, plan_chunks, plan_chunks_2d, plan_rows,  # noqa: F401
+                           slice_tokens, supports_prefix_cache)  # (_fits: re-exported for tests)
 
 __all__ = ["ScoringOptions", "ScoringStats", "cost_matrices", "estimate_bytes", "plan_chunks", "plan_chunks_2d",
            "plan_rows", "score_continuations", "slice_tokens", "supports_prefix_cache"]
@@ -90,81 +94,6 @@ class ScoringStats:
         self.padded_tokens += padded
         self.logit_positions += positions
         self.max_logit_positions = max(self.max_logit_positions, at_once)
-
-
-# --------------------------------------------------------------------------- planning
-def slice_tokens(model, options: ScoringOptions) -> int:
-    """Positions per logits slice: `logits_chunk_tokens`, lowered so fp32 logits fit `nll_chunk_bytes`."""
-    if options.nll_chunk_bytes is None:
-        return options.logits_chunk_tokens
-    per_pos = _vocab(model) * 4 * 2  # fp32 copy + log-softmax
-    return max(1, min(options.logits_chunk_tokens, options.nll_chunk_bytes // per_pos))
-
-
-def _vocab(model) -> int:
-    return int(getattr(_config(model), "vocab_size", 32000))
-
-
-@dataclass
-class _Plan:
-    """Rows as (context, new tokens), and the forward calls that score them."""
-
-    share: bool
-    contexts: list[tuple[int, ...]]  # distinct contexts (prefix[:-1]); encoded once when `share`
-    row_ctx: list[int]  # row -> its context's index
-    ctx_lens: list[int]  # row -> tokens taken from the cache (0 without sharing)
-    news: list[list[int]]  # row -> tokens fed: [prefix[-1], cont[:-1]] or [prefix, cont[:-1]]
-    conts: list[list[int]]  # row -> scored tokens
-    ctx_chunks: list[list[int]] = field(default_factory=list)
-    row_chunks: list[list[int]] = field(default_factory=list)
-
-
-def _fits(model, max_tokens: int, options: ScoringOptions) -> Callable[[int, int, int], bool]:
-    """``fits(rows, ctx_len, new_len)``: a forward call within `max_tokens` and `options.max_bytes`."""
-    est = estimate_bytes(model) if options.max_bytes is not None else None
-    sliced = slice_tokens(model, options)
-
-    def fits(rows: int, ctx_len: int, new_len: int) -> bool:
-        if rows * (ctx_len + new_len) > max_tokens:
-            return False
-        if est is None:
-            return True
-        if options.keep_only_scored:  # one slice of logits, its fp32 copy and log-softmax
-            logits = min(rows * new_len, sliced) * (est["logit"] + 8 * _vocab(model))
-        else:
-            logits = rows * (ctx_len + new_len) * est["logit"]
-        return rows * (ctx_len * est["ctx"] + new_len * est["new"]) + logits <= options.max_bytes
-
-    return fits
-
-
-def plan_rows(model, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], max_tokens: int,
-              options: ScoringOptions) -> _Plan:
-    """Decide prompt sharing and split the rows (and distinct contexts) into forward calls."""
-    ctx_index: dict[tuple, int] = {}
-    row_ctx = [ctx_index.setdefault(tuple(p[:-1]), len(ctx_index)) for p in prefixes]
-    contexts = list(ctx_index)
-    share = options.share_prefix
-    saves = sum(len(p) - 1 for p in prefixes) > sum(len(c) for c in contexts)
-    usable = supports_prefix_cache(model) and all(len(c) >= 1 for c in contexts)
-    if share is None:
-        share = usable and saves
-    elif share and not usable:
-        raise ValueError("share_prefix=True needs a full-attention model and prefixes of >= 2 tokens")
-    conts = [list(c) for c in continuations]
-    n_rows = len(prefixes)
-    if share:
-        plan = _Plan(True, contexts, row_ctx, [len(contexts[row_ctx[r]]) for r in range(n_rows)],
-                     [[prefixes[r][-1]] + conts[r][:-1] for r in range(n_rows)], conts)
-    else:
-        plan = _Plan(False, contexts, row_ctx, [0] * n_rows,
-                     [list(prefixes[r]) + conts[r][:-1] for r in range(n_rows)], conts)
-    fits = _fits(model, max_tokens, options)
-    if share:
-        plan.ctx_chunks = plan_chunks_2d([0] * len(contexts), [len(c) for c in contexts],
-                                         lambda rows, a, b: fits(rows, 0, b), options.sort_rows)
-    plan.row_chunks = plan_chunks_2d(plan.ctx_lens, [len(x) for x in plan.news], fits, options.sort_rows)
-    return plan
 
 
 # --------------------------------------------------------------------------- forward + nll
@@ -272,8 +201,8 @@ def _encode_contexts(model, head, plan: _Plan, pad_token_id: int, device,
 def _pad_chunk(plan: _Plan, chunk: list[int], pad_token_id: int) -> dict[str, torch.Tensor]:
     """input_ids, position_ids, targets [n, k] and attention_mask [n, P + k] (P: cached context) of a chunk.
 
-    With sharing the new tokens are right-padded after the left-padded context and all of them are scored;
-    without, ``[prefix, cont[:-1]]`` is left-padded and the last len(cont) positions are scored.
+    With sharing the new tokens are right-padded after the left-padded context and all of them from the row's
+    offset on are scored; without, ``[prefix, cont[:-1]]`` is left-padded and the last len(cont) positions are scored.
     """
     n, k = len(chunk), max(len(plan.news[r]) for r in chunk)
     p = max(plan.ctx_lens[r] for r in chunk)
@@ -286,7 +215,7 @@ def _pad_chunk(plan: _Plan, chunk: list[int], pad_token_id: int) -> dict[str, to
         a = 0 if plan.share else k - len(new)
         ids[row, a: a + len(new)] = torch.tensor(new)
         new_mask[row, a: a + len(new)] = 1
-        b = 0 if plan.share else k - c
+        b = plan.offsets[r] if plan.share else k - c
         targets[row, b: b + c] = torch.tensor(plan.conts[r])
         ctx_mask[row, p - plan.ctx_lens[r]:] = 1
     if plan.share:
@@ -335,17 +264,19 @@ def _align_calls(model, head, n_extra: int, pad_token_id: int, device, stats: Sc
 @torch.no_grad()
 def score_continuations(model, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                         max_tokens: int, pad_token_id: int, device: torch.device | None = None,
-                        options: ScoringOptions = ScoringOptions()) -> tuple[torch.Tensor, ScoringStats]:
+                        options: ScoringOptions = ScoringOptions(),
+                        shared_lens: Sequence[int] | None = None) -> tuple[torch.Tensor, ScoringStats]:
     """Mean NLL of each continuation given its prefix: (float64 tensor [R] on CPU, counters of the pass).
 
-    prefixes[r]: token ids (>= 1), continuations[r]: token ids (>= 1) scored after it.
+    prefixes[r]: token ids (>= 1), continuations[r]: token ids (>= 1) scored after it. `shared_lens[r]`: how many
+    leading prefix tokens rows may share through the key/value cache (default: all but the last; exact either way).
     """
     if len(prefixes) != len(continuations):
         raise ValueError("prefixes and continuations differ in length")
     if any(len(p) < 1 for p in prefixes) or any(len(c) < 1 for c in continuations):
         raise ValueError("every prefix and every continuation needs at least one token")
     device = device or next(model.parameters()).device
-    plan = plan_rows(model, prefixes, continuations, max_tokens, options)
+    plan = plan_rows(model, prefixes, continuations, max_tokens, options, shared_lens)
     n_calls = max_over_ranks(len(plan.ctx_chunks) + len(plan.row_chunks), device)
     stats = ScoringStats(shared_prefix=bool(plan.share))
     costs = torch.empty(len(prefixes), dtype=torch.float64)
@@ -372,18 +303,24 @@ def score_continuations(model, prefixes: Sequence[Sequence[int]], continuations:
 
 def cost_matrices(model, prompts: list[list[int]], traces: list[list[list[int]]], fork_ids: list[int], *,
                   match_tokens: int | None, max_tokens: int, pad_token_id: int, device: torch.device | None = None,
-                  options: ScoringOptions = ScoringOptions()) -> tuple[list[np.ndarray], ScoringStats]:
+                  options: ScoringOptions = ScoringOptions(),
+                  layout: LayoutIds | None = None) -> tuple[list[np.ndarray], ScoringStats]:
     """SSFT's matching costs: per question b, cost[b] float64 [N, M_b] (N = len(fork_ids)) with
-    C[i, j] = mean NLL of trace_j[:match_tokens] after (prompt, fork_i) (None: the whole trace), no gradient.
+    C[i, j] = mean NLL of trace_j[:match_tokens] after (prompt, span_i) (None: the whole trace), no gradient.
+    span_i = `layout.fork_span` (the layout's text around fork_i); ``prompt + before`` is shared by the question's
+    rows, and only trace tokens are scored.
     """
-    prefixes, conts, where = [], [], []
+    prefixes, conts, where, shared = [], [], [], []
+    n_before = len(layout.before) if layout is not None else 0
     for b, (p, ts) in enumerate(zip(prompts, traces)):
         for i, fid in enumerate(fork_ids):
+            span = fork_span(fid, layout)[0]
             for j, t in enumerate(ts):
-                prefixes.append(list(p) + [fid])
+                prefixes.append(list(p) + span)
+                shared.append(len(p) + n_before)
                 conts.append(t if match_tokens is None else t[:match_tokens])
                 where.append((b, i, j))
-    flat, stats = score_continuations(model, prefixes, conts, max_tokens, pad_token_id, device, options)
+    flat, stats = score_continuations(model, prefixes, conts, max_tokens, pad_token_id, device, options, shared)
     costs = [np.zeros((len(fork_ids), len(ts))) for ts in traces]
     for (b, i, j), c in zip(where, flat.tolist()):
         costs[b][i, j] = c

@@ -29,6 +29,7 @@ import torch
 from .checks import check_max_traces, more_traces_than_tokens
 from .compat import disable_bnb_cpu_inference_repack
 from .distributed import all_reduce_sum, check_parallelism
+from .layout import BARE_IDS, LayoutIds, check_template_boundary, tokenize_layout
 from .match_metrics import MatchMetricsMixin
 from .matching import get_mode, match_question
 from .output_head import OutputHead
@@ -49,10 +50,22 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
     fork_token_ids: list[int] = []
     fork_token_names: list[str] = []
     ssft_pad_token_id: int = 0
+    ssft_layout: LayoutIds = BARE_IDS
 
-    def setup_ssft(self, ssft_args, fork_token_ids: list[int], fork_token_names: list[str], pad_token_id: int):
-        """Attach the SSFT settings (an object with the `ssft_*` fields); call after `Trainer.__init__`."""
+    def setup_ssft(self, ssft_args, fork_token_ids: list[int], fork_token_names: list[str], pad_token_id: int,
+                   layout: LayoutIds | None = None):
+        """Attach the SSFT settings (an object with the `ssft_*` fields); call after `Trainer.__init__`.
+
+        `layout`: the tokenized forking-token layout; None tokenizes ``ssft_fork_layout`` with the trainer's
+        tokenizer (and refuses a layout whose text merges with the chat template's generation prompt)."""
         self.ssft_args = ssft_args
+        if layout is None:
+            tok = getattr(self, "processing_class", None)
+            tok = getattr(tok, "tokenizer", tok)
+            layout = tokenize_layout(tok, getattr(ssft_args, "ssft_fork_layout", None)) if tok is not None else BARE_IDS
+            if tok is not None and fork_token_names and ssft_args.ssft_assignment != "none":
+                check_template_boundary(tok, layout, fork_token_names[0])
+        self.ssft_layout = layout
         self.fork_token_ids = list(fork_token_ids)
         self.fork_token_names = list(fork_token_names)
         self.ssft_pad_token_id = pad_token_id
@@ -90,7 +103,7 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
         return batches, num_items
 
     def _ssft_loss_tokens(self, traces) -> int:
-        return loss_tokens(traces, self.ssft_args.ssft_fork_token_loss, self.ssft_mode.uses_tokens)
+        return loss_tokens(traces, self.ssft_args.ssft_fork_token_loss, self.ssft_mode.uses_tokens, self.ssft_layout)
 
     @staticmethod
     def _unpack(inputs) -> tuple[list[list[int]], list[list[list[int]]]]:
@@ -132,7 +145,7 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
         costs, _ = cost_matrices(
             self.model, prompts, traces, self.fork_token_ids, match_tokens=self.ssft_args.ssft_match_tokens,
             max_tokens=self.ssft_args.ssft_match_max_tokens, pad_token_id=self.ssft_pad_token_id,
-            device=self.args.device, options=self.ssft_scoring_options,
+            device=self.args.device, options=self.ssft_scoring_options, layout=self.ssft_layout,
         )
         return costs
 
@@ -162,7 +175,7 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
     def ssft_build_rows(self, prompts, traces, assignments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded input_ids, attention_mask, labels [sum_b M_b, S] of the matched sequences."""
         return build_rows(prompts, traces, assignments, self.fork_token_ids, self.ssft_args.ssft_fork_token_loss,
-                          self.ssft_pad_token_id)
+                          self.ssft_pad_token_id, layout=self.ssft_layout)
 
     # ---------------------------------------------------------------- step 3: set loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -4,7 +4,8 @@ Written by the trainers (`SSFTStateMixin.write_ssft_state`, atomically) and read
 inference (`read_ssft_state`). Keys: ``fork_tokens`` (names), ``fork_token_ids``, ``match_counts``
 (traces matched to each token over training, summed over processes), ``pass1_token`` (the token with
 the most matches: the paper's Pass@1 heuristic), ``assignment``, ``fork_token_loss``,
-``match_tokens`` (T), ``global_step``.
+``match_tokens`` (T), ``global_step``, ``fork_layout`` (the text around the forking token, `layout.ForkLayout.describe`;
+evaluation and GFPO read it, a missing key means ``bare``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def resume_dir(resume_from_checkpoint, output_dir: str) -> str | None:
 class SSFTStateMixin:
     """Match counts of a trainer: counted during training, saved with every checkpoint, restored on resume.
 
-    The host sets `fork_token_ids`, `fork_token_names`, `ssft_args` and `ssft_match_counts` (int64 [N]).
+    The host sets `fork_token_ids`, `fork_token_names`, `ssft_args`, `ssft_layout` (`layout.LayoutIds`) and
+    `ssft_match_counts` (int64 [N]).
     """
 
     def ssft_state(self) -> dict:
@@ -70,6 +72,7 @@ class SSFTStateMixin:
             "fork_token_loss": bool(self.ssft_args.ssft_fork_token_loss),
             "match_tokens": self.ssft_args.ssft_match_tokens,
             "global_step": int(self.state.global_step),
+            "fork_layout": self.ssft_layout.layout.describe(),
         }
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
@@ -97,4 +100,9 @@ class SSFTStateMixin:
                 f"checkpoint {checkpoint_dir} was trained with forking tokens {state.get('fork_tokens')}, "
                 f"this run uses {self.fork_token_names}"
             )
+        from .layout import layout_from_state
+
+        if layout_from_state(state).describe() != self.ssft_layout.layout.describe():
+            raise ValueError(f"checkpoint {checkpoint_dir} was trained with fork layout "
+                             f"{layout_from_state(state).describe()}, this run uses {self.ssft_layout.layout.describe()}")
         self.ssft_match_counts = np.asarray(state["match_counts"], dtype=np.int64)

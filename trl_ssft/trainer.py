@@ -9,6 +9,7 @@ from trl import SFTTrainer
 from .collator import SSFTCollator
 from .config import SSFTConfig, fork_token_names
 from .data import TOKENIZED_COLUMNS, prepare_ssft_dataset
+from .layout import tokenize_layout
 from .checkpointing import AtomicCheckpointMixin
 from .set_loss import SSFTLossMixin
 from .tokens import add_trainable_tokens_to_peft_config, pad_token_id, prepare_fork_tokens
@@ -84,6 +85,7 @@ class SSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, SFTTrainer):
             data_collator = SSFTCollator(
                 pad_token_id=pad_id, num_fork_tokens=args.ssft_num_fork_tokens, assignment=args.ssft_assignment,
                 fork_token_loss=args.ssft_fork_token_loss, max_traces_policy=args.ssft_max_traces_policy,
+                layout=tokenize_layout(getattr(processing_class, "tokenizer", processing_class), args.ssft_fork_layout),
             )
         # Lists of row dicts (e.g. JSON read without Arrow) are validated and tokenized here: SFTTrainer
         # accepts only `datasets` objects, and Arrow cannot hold a column of mixed types.

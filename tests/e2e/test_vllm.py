@@ -34,11 +34,11 @@ def _spread_weights(path: str, sigma: float = 0.2) -> None:
     model.save_pretrained(path)
 
 
-def _train(base: str, rows, out, peft_config=None) -> str:
+def _train(base: str, rows, out, peft_config=None, **kw) -> str:
     from trl_ssft import SSFTTrainer
 
     args = cpu_args(out, max_steps=2, per_device_train_batch_size=2, learning_rate=3e-2 if peft_config else 1e-3,
-                    gradient_checkpointing=False)
+                    gradient_checkpointing=False, **kw)
     trainer = SSFTTrainer(model=base, args=args, train_dataset=Dataset.from_list(rows[:8]), peft_config=peft_config)
     trainer.train()
     trainer.save_model()
@@ -82,7 +82,8 @@ def models(tmp_path_factory, rows):
                       task_type="CAUSAL_LM")
     adapter = _train(base, rows, d / "adapter", peft_config=lora)
     plain = _plain_lora(full, str(d / "plain_lora"))
-    return {"full": full, "adapter": adapter, "plain_lora": plain}
+    layout = _train(base, rows, d / "layout", ssft_fork_layout="released")  # the released checkpoints' layout
+    return {"full": full, "adapter": adapter, "plain_lora": plain, "layout": layout}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,21 @@ def eval_data(rows, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def vllm_out(models, prompts, eval_data, tmp_path_factory):
+def aime_file(rows, tmp_path_factory) -> str:
+    """A local copy of AIME 2025 in the hub dataset's columns (the questions of the demo family)."""
+    path = tmp_path_factory.mktemp("aime") / "aime25.jsonl"
+    path.write_text("".join(json.dumps({"id": str(k), "problem": r["prompt"][0]["content"], "answer": r["answer"]})
+                            + "\n" for k, r in enumerate(rows[:3])))
+    return str(path)
+
+
+def _task_args(models, aime_file, out, backend):
+    return [models["layout"], "--task", "aime25", "--data-files", aime_file, "--backend", backend, "--greedy",
+            "--max-new-tokens", str(MAX_NEW), "--output", out, "--no-progress", "--no-plot"]
+
+
+@pytest.fixture(scope="module")
+def vllm_out(models, prompts, eval_data, aime_file, tmp_path_factory):
     d = tmp_path_factory.mktemp("vllm_run")
     ids = prompts["ids"]
     sample = dict(n=N_SAMPLES, temperature=1.0, top_p=0.95, max_new_tokens=MAX_NEW, greedy=False)
@@ -125,6 +140,8 @@ def vllm_out(models, prompts, eval_data, tmp_path_factory):
         {"name": "cli_vllm", "cli": [models["full"], eval_data, "--backend", "vllm", "--greedy", "--max-new-tokens",
                                      str(MAX_NEW), "--output", str(d / "vllm_report.json"), "--samples-out",
                                      str(d / "vllm_samples.jsonl"), "--no-progress"]},
+        # `trl-ssft eval MODEL --task aime25 --backend vllm` on a model trained with the released layout (streamed)
+        {"name": "cli_task_layout", "cli": _task_args(models, aime_file, str(d / "layout_vllm.json"), "vllm")},
         # forbidden ids (the forking tokens and each prompt's first greedy token): a -100 logit bias
         {"name": "full_suppress", "model": models["full"], "prompts": ids, "suppress_ids": _banned(models, ids),
          **greedy},
@@ -248,9 +265,32 @@ def test_cli_backend_vllm_report_equals_hf(models, eval_data, vllm_out, tmp_path
     hr = json.load(open(tmp_path / "hf_report.json"))
     assert vr["backend"] == "vllm" and hr["backend"] == "hf"
     assert vr["plot"] and os.path.exists(vr["plot"])
-    for k in ("seconds", "backend", "plot"):
+    for k in ("seconds", "backend", "plot", "samples_file"):
         vr.pop(k, None), hr.pop(k, None)
     assert vr == hr
     vs = [json.loads(x) for x in open(os.path.join(d, "vllm_samples.jsonl"))]
     hs = [json.loads(x) for x in open(tmp_path / "hf_samples.jsonl")]
-    assert vs == hs and len(vs) == 3 * len(vr["tokens"])
+    assert vs[0]["header"]["backend"] == "vllm" and hs[0]["header"]["backend"] == "hf"
+    assert vs[1:] == hs[1:] and len(vs) == 1 + 3 * len(vr["tokens"])
+
+
+def test_task_run_with_the_released_layout_equals_hf(models, aime_file, vllm_out, tmp_path):
+    """The one-command benchmark run on vLLM (streamed requests) for a model trained with the released layout: its
+    prompts carry `<|im_start|><thinkK>\n` (read from ssft_state.json) and greedy samples equal the HF backend's."""
+    from trl_ssft.eval.cli import main
+
+    d = vllm_out["dir"]
+    assert vllm_out["results"].get("cli_task_layout") == 0, vllm_out["errors"]
+    assert main(_task_args(models, aime_file, str(tmp_path / "layout_hf.json"), "hf")) == 0
+    vr = json.load(open(os.path.join(d, "layout_vllm.json")))
+    hr = json.load(open(tmp_path / "layout_hf.json"))
+    assert vr["fork_layout"]["name"] == "released" == hr["fork_layout"]["name"]
+    assert vr["protocol"]["task"] == "aime25" and vr["max_new_tokens"] == MAX_NEW
+    for key in ("pass1_per_token", "answered", "mean_new_tokens", "tokens", "distinct_answers_per_question"):
+        assert vr[key] == hr[key], key
+    vs = open(os.path.join(d, "layout_vllm.samples.jsonl")).read().splitlines()
+    hs = open(tmp_path / "layout_hf.samples.jsonl").read().splitlines()
+    assert vs[1:] == hs[1:] and len(vs) == 1 + 3 * len(vr["tokens"])
+    header = json.loads(vs[0])["header"]
+    assert header["layout"]["name"] == "released" and header["prompts_sha256"] == json.loads(hs[0])["header"][
+        "prompts_sha256"]  # the same prompt ids went to both backends

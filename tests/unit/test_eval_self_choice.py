@@ -66,8 +66,10 @@ def test_self_chosen_pass1_and_cons_follow_the_choices(gfpo_model, monkeypatch):
     sm = load_ssft_model(path)
     good = set(sm.tokenizer.convert_tokens_to_ids(NAMES[:2]))
     right, wrong = (sm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("\\boxed{7}", "\\boxed{3}"))
-    monkeypatch.setattr(E, "_generate", lambda sm_, prompts, n=1, **kw: [
-        [list(right if p[-1] in good else wrong)] * n for p in prompts])
+    from trl_ssft.eval import sampling
+
+    monkeypatch.setattr(sampling, "_generate", lambda sm_, prompts, seeds, on_done, **kw: on_done(
+        [(j, list(right if p[-1] in good else wrong)) for j, p in enumerate(prompts)]))
     probs = torch.tensor([[0, 1.0, 0, 0], [0, 0, 0, 1.0], [0.5, 0, 0.5, 0]])
     monkeypatch.setattr(S, "fork_token_probs", lambda *a, **k: probs)
     rep = E.evaluate_model(sm, data, rounds=3, max_new_tokens=4, mode_classifier="none", progress=False)

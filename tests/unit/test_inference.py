@@ -180,7 +180,9 @@ def test_eval_cli_writes_json_and_png(trained, capsys):
         assert sum(rep["modes"]["table"][t].values()) == 6 * 2
     assert set(rep["pass_at_k"]) == {"1", "2", "100"} and set(rep["cons_at_k"]) == {"8"}
     assert sum(rep["self_chosen"]["token_counts"].values()) == 6
-    kept = [json.loads(line) for line in open(root / "rep" / "samples.jsonl")]
+    lines = [json.loads(line) for line in open(root / "rep" / "samples.jsonl")]
+    assert lines[0]["header"]["tokens"] == NAMES  # the samples file starts with the settings that made it
+    kept = lines[1:]
     samples = [s for s in kept if not s["self_chosen"]]  # the forced tokens' samples, then the self-chosen ones
     assert len(samples) == 6 * 4 * 2 and len(kept) == 2 * len(samples)
     assert kept[: len(samples)] == samples

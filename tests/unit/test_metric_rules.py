@@ -33,24 +33,27 @@ def qnr(nested):
 def fake_eval(monkeypatch, texts, golds, **kw) -> dict:
     """`evaluate_model` on hand-written samples: ``texts[q][i][r]`` is the text of question q, token i, round r."""
     from trl_ssft.eval import evaluate as E
+    from trl_ssft.eval import sampling as S
     from trl_ssft.eval.inference import SSFTModel
 
     n, r_ = len(texts[0]), len(texts[0][0])
     tokens = [f"<think{i + 1}>" for i in range(n)]
+    # each sample's seed depends only on (seed, question, slot, round): the fake generator reads the key from it
+    keys = {S.sample_seed(0, q, i, r): (q, i, r) for q in range(len(texts)) for i in range(n) for r in range(r_)}
 
     class Tok:
         def decode(self, ids, skip_special_tokens=True):
             q, i, r = ids
             return texts[q][i][r]
 
-    def prompts(tok, prompt, fork_tokens):  # the prompt "q7" of question 7 -> [7, token index]
+    def prompts(tok, prompt, fork_tokens, layout=None):  # the prompt "q7" of question 7 -> [7, token index]
         return [[int(prompt[-1]["content"][1:]), i] for i in range(len(fork_tokens))]
 
-    def generate(sm, prompt_ids, *, n=1, **gen):
-        return [[[q, i, r] for r in range(n)] for q, i in prompt_ids]
+    def generate(sm, prompt_ids, seeds, on_done, **gen):
+        on_done([(j, list(keys[s])) for j, s in enumerate(seeds)])
 
     monkeypatch.setattr(E, "fork_prompt_ids", prompts)
-    monkeypatch.setattr(E, "_generate", generate)
+    monkeypatch.setattr(S, "_generate", generate)
     sm = SSFTModel(model=None, tokenizer=Tok(), fork_tokens=tokens, fork_token_ids=list(range(n)),
                    pass1_token=tokens[0])
     rows = [{"prompt": f"q{k}", "answer": g} for k, g in enumerate(golds)]
@@ -256,26 +259,30 @@ def test_multiple_choice_votes_over_letters(monkeypatch):
 
 
 # ---------------------------------------------------------------- generation backends, imports
-def test_vllm_backend_is_one_call_and_missing_module_is_clear(monkeypatch):
-    from trl_ssft.eval import evaluate as E
+def test_vllm_backend_is_one_streamed_call_and_missing_module_is_clear(monkeypatch):
+    from trl_ssft.eval import sampling as S
 
-    calls = []
+    calls, got = [], []
 
-    def fake_vllm(model_dir, prompts, *, n, temperature, top_p, max_new_tokens, seed, greedy, suppress_ids):
-        calls.append((model_dir, prompts, n, temperature, top_p, max_new_tokens, seed, greedy, suppress_ids))
-        return [[[7] * (j + 1) for j in range(n)] for _ in prompts]
+    def fake_stream(model_dir, prompts, *, seeds, on_done, greedy, max_new_tokens, temperature, top_p, suppress_ids,
+                    **opts):
+        calls.append((model_dir, prompts, seeds, greedy, max_new_tokens, temperature, top_p, suppress_ids, opts))
+        on_done([(1, [7, 7])])
+        on_done([(0, [7])])
 
-    monkeypatch.setitem(sys.modules, "trl_ssft.eval.vllm_backend", types.SimpleNamespace(generate_ids_vllm=fake_vllm))
-    out = E._generate(None, [[1, 2], [3]], n=2, backend="vllm", model_dir="m", max_new_tokens=5, temperature=0.7,
-                      top_p=0.9, greedy=False, seed=3, batch_size=8, suppress_ids=[9])
-    assert out == [[[7], [7, 7]], [[7], [7, 7]]]
-    assert calls == [("m", [[1, 2], [3]], 2, 0.7, 0.9, 5, 3, False, [9])]
+    monkeypatch.setitem(sys.modules, "trl_ssft.eval.vllm_backend", types.SimpleNamespace(stream_ids_vllm=fake_stream))
+    S._generate(None, [[1, 2], [3]], [11, 12], got.extend, backend="vllm", model_dir="m", max_new_tokens=5,
+                temperature=0.7, top_p=0.9, greedy=False, batch_size=8, suppress_ids=[9],
+                vllm_options={"tensor_parallel_size": 2, "data_parallel_size": 4})
+    assert got == [(1, [7, 7]), (0, [7])]
+    assert calls == [("m", [[1, 2], [3]], [11, 12], False, 5, 0.7, 0.9, [9],
+                      {"tensor_parallel_size": 2, "data_parallel_size": 4})]
     monkeypatch.setitem(sys.modules, "trl_ssft.eval.vllm_backend", None)
     with pytest.raises(ImportError, match="backend 'vllm'"):
-        E._generate(None, [[1]], backend="vllm", model_dir="m", max_new_tokens=5, temperature=0.7, top_p=0.9,
-                    greedy=False, seed=3)
+        S._generate(None, [[1]], [0], got.extend, backend="vllm", model_dir="m", max_new_tokens=5, temperature=0.7,
+                    top_p=0.9, greedy=False)
     with pytest.raises(ValueError, match="backend"):
-        E._generate(None, [[1]], backend="tgi")
+        S._generate(None, [[1]], [0], got.extend, backend="tgi")
 
 
 def test_evaluate_does_not_import_the_demo_family():

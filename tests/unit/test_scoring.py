@@ -186,14 +186,14 @@ def test_eval_mode_removes_dropout_and_restores_training(tiny_models):
 def test_prefix_cache_only_for_full_attention(tiny_models, monkeypatch):
     import copy
 
-    import trl_ssft.scoring as scoring
+    import trl_ssft.scoring_plan as scoring_plan  # plan_rows decides sharing there
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["tied"])
     assert supports_prefix_cache(model)
     sliding = copy.deepcopy(model)
     sliding.config.layer_types = ["sliding_attention"] + list(model.config.layer_types[1:])
     assert not supports_prefix_cache(sliding)
-    monkeypatch.setattr(scoring, "supports_prefix_cache", lambda m: False)
+    monkeypatch.setattr(scoring_plan, "supports_prefix_cache", lambda m: False)
     tok = AutoTokenizer.from_pretrained(tiny_models["tied"])
     _, prefixes, conts, _ = _rows(tok)
     _, stats = score_continuations(model, prefixes, conts, 4096, tok.pad_token_id)

@@ -122,13 +122,14 @@ def extract_choice(text: str, letters: str = DEFAULT_CHOICES) -> str | None:
     """The option letter a multiple-choice answer picks, or None.
 
     Order: the last ``\\boxed{}`` when it holds a letter (``A``, ``(A)``, ``\\text{(A)}``), else the last
-    "answer is (X)" / "answer: X" with X one of `letters` (upper case). Nothing else is guessed.
+    "answer is (X)" / "answer: X" / "Answer: $X$" (the authors' GPQA prompt asks for 'Answer: $LETTER') with X one
+    of `letters` (upper case). Nothing else is guessed.
     """
     boxed = normalize_choice(extract_boxed(text), letters)
     if boxed is not None:
         return boxed
     opts = re.escape(letters.upper())
-    rx = re.compile(r"(?i:answer)(?:\s+(?:is|would be))?\s*:?\s*\**\s*\(?([" + opts + r"])\)?(?![A-Za-z])")
+    rx = re.compile(r"(?i:answer)(?:\s+(?:is|would be))?\s*:?\s*\**\s*\$?\s*\(?([" + opts + r"])\)?(?![A-Za-z])")
     matches = rx.findall(text)
     return matches[-1] if matches else None
 

@@ -1,178 +1,45 @@
 """`evaluate_model`: Q questions x N forking tokens x R rounds of samples, every metric, one report dict.
 
-The data is an ssft-format file (`prompt`, `traces`, optional `answer`, `trace_sources`) or a
-prompt/answer file (`.jsonl` / `.json` / `.parquet`), or a list of rows. The rules that move the
-numbers (answer equality, missing answers in votes, extraction, the Cons@k estimator) are options,
-and the report states which ones it used under ``"rules"`` (see docs/metrics.md).
+The questions come from a benchmark preset (``task``: `eval.tasks`, from the hub or a local copy) or from a
+file / list of rows (an ssft-format file with `prompt`, `traces`, optional `answer`, `trace_sources`, or a
+prompt/answer file). Each prompt continues with the forking token in the model's layout (`trl_ssft.layout`,
+recorded in its ssft_state.json). The rules that move the numbers (answer equality, missing answers in votes,
+extraction, the Cons@k estimator) are options, and the report states which ones it used under ``"rules"``
+(docs/metrics.md); a task run also lists every setting that differs from the authors' evaluation
+(``"protocol"``, docs/paper_protocol.md).
 
-Generation goes through one function, `_generate`, with two backends: ``hf`` (`inference.generate_ids`)
-and ``vllm`` (`trl_ssft.eval.vllm_backend.generate_ids_vllm`, imported only when asked for).
+Generation: `eval.sampling` (one call over the ``hf`` and ``vllm`` backends, per-sample seeds, the samples file
+written as samples finish, ``resume``); the model's own token choice: `eval.self_choice`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from . import metrics as M
-from .answers import equality_name, extraction_name, make_equal, make_extract, math_verify_available, normalize_choice
-from .inference import SSFTModel, fork_prompt_ids, generate_ids, load_ssft_model
+from ..layout import tokenize_layout
+from .inference import SSFTModel, fork_prompt_ids, load_ssft_model
 from .modes import pick_classifier, resolve_classifier_name
-from .self_choice import resolve_self_choose, self_chosen_report
-
-logger = logging.getLogger(__name__)
+from .questions import gold_choices, normalise_rows, read_rows  # noqa: F401  (read_rows re-exported)
+from .rules import CONS_AT_N_RULE, PASS_AT_K_RULE, EvalRules, score_samples  # noqa: F401
+from .sampling import BACKENDS, Request, SampleStore, fill, run_requests, sample_seed  # noqa: F401
+from .self_choice import resolve_self_choose, self_chosen_report, self_chosen_requests
+from .tasks import differences, format_differences, get_task, load_task_rows, resolve_settings
 
 PLAIN_LABEL = "sample{i}"
-BACKENDS = ("hf", "vllm")
-PASS_AT_K_RULE = "unbiased 1 - C(n-c,k)/C(n,k) over all N x R samples of a question (tokens pooled)"
-CONS_AT_N_RULE = "one vote per round over one sample of each token, averaged over rounds and questions"
 
 
-# ---------------------------------------------------------------- data
-def read_rows(path: str) -> list[dict]:
-    """Rows of a .jsonl / .json / .parquet file as dicts."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".jsonl":
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if ext == ".json":
-        with open(path) as f:
-            data = json.load(f)
-        if isinstance(data, dict):  # {"data": [...]} or column-oriented
-            data = data.get("data", data)
-            if isinstance(data, dict):
-                keys = list(data)
-                data = [dict(zip(keys, vals)) for vals in zip(*data.values())]
-        return list(data)
-    if ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    raise ValueError(f"{path}: unsupported extension {ext!r} (use .jsonl, .json or .parquet)")
-
-
-def normalise_rows(rows: Sequence[dict], prompt_column: str = "prompt", answer_column: str = "answer",
-                   chat: str = "auto") -> list[dict]:
-    """Rows -> ``{"prompt", "answer", "traces", "trace_sources"}`` (missing fields None).
-
-    `chat`: ``auto`` wraps a plain-string prompt into a user message only for rows without traces
-    (prompt/answer data; ssft rows keep their prompt exactly as trained), ``always`` wraps every
-    string prompt, ``never`` keeps strings raw.
-    """
-    out = []
-    for k, r in enumerate(rows):
-        if prompt_column not in r:
-            raise ValueError(f"row {k}: no column {prompt_column!r} (has {sorted(r)}); set --prompt-column")
-        p = r[prompt_column]
-        has_traces = bool(r.get("traces"))
-        if isinstance(p, str) and (chat == "always" or (chat == "auto" and not has_traces)):
-            p = [{"role": "user", "content": p}]
-        a = r.get(answer_column)
-        out.append({"prompt": p, "answer": None if a is None else str(a), "traces": r.get("traces"),
-                    "trace_sources": r.get("trace_sources")})
-    return out
-
-
-def _gold_choices(rows: list[dict], choices: str) -> None:
-    """Multiple choice: every gold answer becomes its option letter (ValueError when it is none)."""
-    for k, row in enumerate(rows):
-        if row["answer"] is not None:
-            letter = normalize_choice(row["answer"], choices)
-            if letter is None:
-                raise ValueError(f"row {k}: gold answer {row['answer']!r} is not one of the option letters {choices}")
-            row["answer"] = letter
-
-
-# ---------------------------------------------------------------- rules
-@dataclass
-class EvalRules:
-    """The scoring rules of one evaluation (all of them change reported numbers; see docs/metrics.md).
-
-    math_verify: None = when installed. missing: ``skip`` / ``vote``. extract: ``boxed`` / ``fallback``
-    (ignored with `pattern` or `choices`). choices: option letters for multiple choice (e.g. ``ABCD``).
-    cons_estimator: ``groups`` / ``first-k``.
-    """
-
-    math_verify: bool | None = None
-    missing: str = "skip"
-    extract: str = "boxed"
-    pattern: str | None = None
-    choices: str | None = None
-    cons_estimator: str = "groups"
-
-    def __post_init__(self) -> None:
-        if self.missing not in M.MISSING_RULES:
-            raise ValueError(f"missing_answers must be one of {M.MISSING_RULES}, got {self.missing!r}")
-        if self.cons_estimator not in M.CONS_ESTIMATORS:
-            raise ValueError(f"cons_estimator must be one of {M.CONS_ESTIMATORS}, got {self.cons_estimator!r}")
-        if self.math_verify is None and not self.choices and not math_verify_available():
-            logger.warning("math_verify is not installed: answers compare as normalised strings, and equivalent "
-                           "forms may split votes (pip install 'trl-ssft[eval]')")
-
-    def equal(self) -> Callable[[str, str], bool]:
-        return make_equal(self.math_verify, self.choices)
-
-    def extractor(self) -> Callable[[str], str | None]:
-        return make_extract(self.pattern, self.extract, self.choices)
-
-    def describe(self) -> dict:
-        """The rules as the report records them."""
-        return {"equality": equality_name(self.math_verify, self.choices), "missing_answers": self.missing,
-                "extraction": extraction_name(self.pattern, self.extract, self.choices),
-                "cons_estimator": self.cons_estimator, "cons_at_n": CONS_AT_N_RULE, "pass_at_k": PASS_AT_K_RULE}
-
-
-# ---------------------------------------------------------------- generation
 def suppress_fork_tokens_default(state: dict) -> bool:
     """Whether evaluation forbids the forking tokens after the forking position by default: as the model was
     trained, i.e. when its ssft_state.json has ``gfpo.suppress_fork_tokens: true`` (GFPO rollouts without them)."""
     return bool((state.get("gfpo") or {}).get("suppress_fork_tokens"))
-
-
-def _generate(sm: SSFTModel, prompts: Sequence[Sequence[int]], *, n: int = 1, backend: str = "hf",
-              model_dir: str | None = None, progress: bool = False, **gen_kw) -> list[list[list[int]]]:
-    """The one generation call of an evaluation: `n` samples of each prompt (ids) -> [len(prompts)][n] ids.
-
-    gen_kw: max_new_tokens, temperature, top_p, greedy, seed, batch_size, suppress_ids (token ids never
-    generated; None: none). ``backend="vllm"`` calls
-    `trl_ssft.eval.vllm_backend.generate_ids_vllm(model_dir, prompts, n=..., ...)`.
-    """
-    if backend == "vllm":
-        try:
-            from .vllm_backend import generate_ids_vllm
-        except ImportError as e:
-            raise ImportError(f"backend 'vllm' needs trl_ssft.eval.vllm_backend and the vllm package ({e}); "
-                              "use backend='hf'") from e
-        if model_dir is None:
-            raise ValueError("backend 'vllm' needs the model as a directory path")
-        kw = {k: gen_kw[k] for k in ("temperature", "top_p", "max_new_tokens", "seed", "greedy")}
-        return generate_ids_vllm(model_dir, [list(p) for p in prompts], n=n, suppress_ids=gen_kw.get("suppress_ids"),
-                                 **kw)
-    if backend != "hf":
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    flat = [p for p in prompts for _ in range(n)]
-    bar = _progress_bar(len(flat), progress, "generating")
-    out = generate_ids(sm.model, sm.tokenizer, flat, progress=bar.update if bar else None, **gen_kw)
-    if bar:
-        bar.close()
-    return [out[j * n: (j + 1) * n] for j in range(len(prompts))]
-
-
-def _progress_bar(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr)
 
 
 @dataclass
@@ -203,21 +70,204 @@ def _plan(sm: SSFTModel, fork_tokens, use_fork_tokens, num_plain_samples, pass1_
     return _Plan(labels, tokens, bool(use_fork_tokens), pass1_token, rounds, greedy)
 
 
-def _sample(sm: SSFTModel, rows: list[dict], plan: _Plan, gen: dict) -> dict:
-    """Generate, decode and extract: arrays [Q, N, R] of texts, answers, lengths (and the flat ids)."""
-    n = len(plan.labels)
-    prompts = []
-    for row in rows:
-        per = fork_prompt_ids(sm.tokenizer, row["prompt"], plan.tokens if plan.use_fork_tokens else None)
-        prompts += per if plan.use_fork_tokens else per * n
-    outs = _generate(sm, prompts, n=plan.rounds, **gen)
-    shape = (len(rows), n, plan.rounds)
-    texts, lengths = np.empty(shape, dtype=object), np.zeros(shape)
-    for j, samples in enumerate(outs):
-        for r, ids in enumerate(samples):
-            texts[j // n, j % n, r] = sm.tokenizer.decode(ids, skip_special_tokens=True)
-            lengths[j // n, j % n, r] = len(ids)
-    return {"texts": texts, "lengths": lengths}
+def _rows(data, spec, data_files, cfg, prompt_column, answer_column, chat, max_questions, choice_seed) -> list[dict]:
+    """The evaluation rows: a task's (hub or `data_files`) or `data`'s (a file path or a list of rows)."""
+    if spec is not None:
+        rows = load_task_rows(spec, data_files, cfg["prompt_style"], choice_seed)
+        rows = [{"traces": None, "trace_sources": None, **r} for r in rows]
+    elif data is None:
+        raise ValueError("give the questions: a data file / list of rows, or a task (--task)")
+    else:
+        rows = normalise_rows(read_rows(data) if isinstance(data, str) else list(data), prompt_column, answer_column,
+                              chat)
+    return rows[:max_questions]
+
+
+def _forced_requests(sm: SSFTModel, rows: list[dict], plan: _Plan, seed: int) -> tuple[list[Request], list]:
+    """One request per (question, slot, round): the prompt with its forking token in the model's layout (or the bare
+    prompt for plain samples); and every question's N prompts (`forked`, for the self-chosen samples)."""
+    forked, requests = [], []
+    for q, row in enumerate(rows):
+        per = fork_prompt_ids(sm.tokenizer, row["prompt"], plan.tokens if plan.use_fork_tokens else None, sm.layout)
+        forked.append(per)
+        for r in range(plan.rounds):
+            for i, label in enumerate(plan.labels):
+                requests.append(Request((q, i, r, False), label, per[i] if plan.use_fork_tokens else per[0],
+                                        sample_seed(seed, q, i, r)))
+    return requests, forked
+
+
+def _header(model, sm: SSFTModel, plan: _Plan, gen: dict, requests: Sequence[Request], self_choose) -> dict:
+    """What makes two runs' samples interchangeable (checked when resuming)."""
+    digest = hashlib.sha256(json.dumps([[list(r.key), r.prompt] for r in requests]).encode()).hexdigest()
+    name = model if isinstance(model, str) else getattr(sm.model, "name_or_path", None)
+    return {"model": os.path.abspath(name) if isinstance(name, str) and os.path.exists(name) else name,
+            "prompts_sha256": digest, "tokens": plan.labels, "layout": sm.layout.layout.describe(),
+            "rounds": plan.rounds, "seed": gen["seed"], "greedy": plan.greedy,
+            "temperature": None if plan.greedy else gen["temperature"], "top_p": None if plan.greedy else gen["top_p"],
+            "max_new_tokens": gen["max_new_tokens"], "backend": gen["backend"],
+            "suppress_fork_tokens": gen["suppress_ids"] is not None, "self_choose": self_choose}
+
+
+def evaluate_model(
+    model,
+    data=None,
+    *,
+    task: str | None = None,
+    data_files: str | None = None,
+    protocol: str = "ours",
+    prompt_style: str | None = None,
+    choice_seed: int = 0,
+    fork_tokens: Sequence[str] | None = None,
+    fork_layout=None,
+    use_fork_tokens: bool | None = None,
+    num_plain_samples: int | None = None,
+    pass1_token: str | None = None,
+    rounds: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    max_new_tokens: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    max_questions: int | None = None,
+    answer_pattern: str | None = None,
+    math_verify: bool | None = None,
+    missing_answers: str | None = None,
+    extract: str | None = None,
+    choices: str | None = None,
+    cons_estimator: str | None = None,
+    mode_classifier: str = "auto",
+    self_choose: str | None = None,
+    cons_k: Sequence[int] | None = None,
+    pass_k: Sequence[int] | None = None,
+    prompt_column: str = "prompt",
+    answer_column: str = "answer",
+    chat: str = "auto",
+    backend: str = "hf",
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+    keep_samples: bool = False,
+    suppress_fork_tokens: bool | None = None,
+    samples_path: str | None = None,
+    resume: bool = False,
+    vllm_options: dict | None = None,
+) -> dict:
+    """Generate Q x N x R samples and compute every metric; returns the report dict.
+
+    model: a model dir (full or adapter) or an `inference.SSFTModel`. data: a file path or a list of rows; or
+    `task` (`eval.tasks.TASKS`: ``aime24``, ``aime25``, ``math500``, ``gpqa_diamond``) with the hub dataset at its
+    pinned revision, or `data_files` (a local copy in the hub dataset's schema). A task sets the protocol defaults
+    (temperature 0.7, top-p 0.95, 32768 new tokens, rounds, Cons@k / Pass@k) and, for GPQA, multiple choice;
+    ``protocol="authors"`` also takes the authors' prompt and scoring rules; an explicit argument wins over both
+    (None: not set). The report's ``protocol`` block lists every setting that differs from the authors'
+    evaluation; it is also printed (stderr) before generation starts. Without a task the defaults are T 0.7, top-p
+    0.95, 256 new tokens, 1 round, Pass@1.
+
+    N is the number of forking tokens (`fork_tokens`, default from the model's `ssft_state.json`), each placed in
+    the model's forking-token layout (`fork_layout` overrides the state's ``fork_layout``). A model trained with
+    ``ssft_assignment: none`` (SFT-mixed), or ``use_fork_tokens=False``, gets N = `num_plain_samples` (default: its
+    number of forking tokens) samples of the bare prompt per round, reported as slots ``sample1..N``. Greedy
+    decoding makes rounds identical, so it runs one round. `self_choose` (``argmax`` / ``sample``) also evaluates
+    the model's own token choice (`self_choice`); None: ``sample`` for a model whose ssft_state.json has
+    ``pass1_choice: "self"`` (GFPO), else off; ``"none"``: off. `suppress_fork_tokens`: forbid the forking tokens
+    in continuations after a forced or self-chosen token; None: as the model was trained (`gfpo` block).
+
+    Samples: each one's RNG depends only on (seed, question, slot, round) (`sampling.sample_seed`).
+    `samples_path`: the samples file, written as samples finish; ``resume=True`` continues an interrupted run from
+    it (same settings required; no sample lost or generated twice; the report equals an uninterrupted run's). At
+    the end it is rewritten with each sample's answer, correctness and mode. `keep_samples`: also
+    ``report["samples"]`` (forced samples, then the self-chosen ones with ``"self_chosen": True``).
+
+    Scoring rules (recorded in ``report["rules"]``, docs/metrics.md): `math_verify` (None: when installed);
+    `missing_answers` ``skip`` / ``vote``; `extract` ``boxed`` / ``fallback`` (a regex `answer_pattern`
+    overrides both); `choices` (e.g. ``"ABCD"``: multiple choice); `cons_estimator` ``groups`` / ``first-k``. A k
+    of `cons_k` / `pass_k` above the N x R samples per question is reported as None. `backend`: ``hf`` or
+    ``vllm`` (`model` must be a directory; `vllm_options`: ``tensor_parallel_size``, ``data_parallel_size`` and
+    other `vllm.LLM` options).
+    """
+    t0 = time.time()
+    spec = get_task(task) if task else None
+    cfg = resolve_settings(spec, protocol, dict(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, rounds=rounds, cons_k=cons_k,
+        pass_k=pass_k, extract=extract, missing_answers=missing_answers, cons_estimator=cons_estimator,
+        prompt_style=prompt_style))
+    choices = choices or (spec.choices if spec is not None else None)
+    rules = EvalRules(math_verify, cfg["missing_answers"], cfg["extract"], answer_pattern, choices,
+                      cfg["cons_estimator"])
+    self_choose = resolve_self_choose(model, self_choose)
+    sm = _load(model, fork_layout, device, dtype, fork_tokens, load_model=backend != "vllm" or self_choose is not None)
+    rows = _rows(data, spec, data_files, cfg, prompt_column, answer_column, chat, max_questions, choice_seed)
+    if choices:
+        gold_choices(rows, choices)
+    plan = _plan(sm, fork_tokens, use_fork_tokens, num_plain_samples, pass1_token, cfg["rounds"], greedy,
+                 cfg["temperature"])
+    if suppress_fork_tokens is None:
+        suppress_fork_tokens = suppress_fork_tokens_default(sm.state)
+    gen = dict(max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"], top_p=cfg["top_p"],
+               greedy=plan.greedy, batch_size=batch_size, seed=seed, backend=backend,
+               model_dir=model if isinstance(model, str) else None, vllm_options=vllm_options,
+               suppress_ids=list(sm.fork_token_ids) if (suppress_fork_tokens and plan.use_fork_tokens) else None)
+    proto = _protocol(spec, protocol, cfg, sm, plan, rules, backend, data_files)
+    if proto is not None:  # listed before any sample is generated
+        print(format_differences(spec, proto["differs_from_authors"]), file=sys.stderr, flush=True)
+    classify, mode_names = pick_classifier(mode_classifier, rows)
+    own, records, store = _generate_all(model, sm, rows, plan, gen, self_choose, samples_path, resume, progress)
+    shape = (len(rows), len(plan.labels), plan.rounds)
+    s = fill(records, shape)
+    score_samples(s, rows, rules, classify)
+    report = _report(model, data, sm, rows, plan, rules, s, gen, cfg["cons_k"], cfg["pass_k"])
+    report["protocol"], report["samples_file"] = proto, samples_path
+    if classify is not None:
+        report["modes"] = _modes_report(s["modes"], plan.labels, resolve_classifier_name(mode_classifier, rows),
+                                        mode_names)
+    if own:
+        report["self_chosen"] = self_chosen_report(rows, plan.tokens, plan.rounds, self_choose, rules, own[1], own[2],
+                                                   fill(records, shape, self_chosen=True), classify, True)
+    samples = _samples_list(s, plan.labels) + ((report.get("self_chosen") or {}).pop("samples", []))
+    store.finalize(samples)
+    report["seconds"] = round(time.time() - t0, 2)
+    if keep_samples:  # forced samples, then the self-chosen ones ("self_chosen": True)
+        report["samples"] = samples
+    return report
+
+
+def _load(model, fork_layout, device, dtype, fork_tokens, load_model: bool) -> SSFTModel:
+    """The `SSFTModel` of `model` (a dir, or an `SSFTModel` given), with `fork_layout` overriding its layout."""
+    if isinstance(model, SSFTModel):
+        return model if fork_layout is None else dataclasses.replace(
+            model, layout=tokenize_layout(model.tokenizer, fork_layout))
+    return load_ssft_model(model, device=device, dtype=dtype, fork_tokens=fork_tokens, load_model=load_model,
+                           fork_layout=fork_layout)
+
+
+def _generate_all(model, sm: SSFTModel, rows, plan: _Plan, gen: dict, self_choose, samples_path, resume, progress):
+    """Every sample of the evaluation (forced tokens, then self-chosen ones) through the samples file:
+    ``(self-chosen (requests, picks, probs) or None, key -> record, the store)``."""
+    requests, forked = _forced_requests(sm, rows, plan, gen["seed"])
+    own = self_chosen_requests(sm, rows, forked, plan.tokens, plan.rounds, self_choose, gen["seed"]) \
+        if self_choose and plan.use_fork_tokens else None
+    everything = requests + (own[0] if own else [])
+    store = SampleStore(samples_path, _header(model, sm, plan, gen, everything, self_choose), resume)
+    if store.resumed:
+        print(f"resuming {samples_path}: {store.resumed} of {len(everything)} samples already there", file=sys.stderr)
+    return own, run_requests(sm, everything, store, gen, progress), store
+
+
+def _protocol(spec, protocol, cfg, sm: SSFTModel, plan: _Plan, rules: EvalRules, backend, data_files) -> dict | None:
+    """The report's ``protocol`` block of a task run: the task's dataset, our settings, the authors' differences."""
+    if spec is None:
+        return None
+    ours = {"prompt_style": cfg["prompt_style"], "layout": sm.layout.layout.name, "temperature": cfg["temperature"],
+            "top_p": cfg["top_p"], "max_new_tokens": cfg["max_new_tokens"], "rounds": plan.rounds,
+            "num_tokens": len(plan.labels) if plan.use_fork_tokens else 0, "pass1_token": plan.pass1_token,
+            "backend": backend, "equality": rules.describe()["equality"], "extract": cfg["extract"],
+            "missing_answers": cfg["missing_answers"], "cons_estimator": cfg["cons_estimator"]}
+    return {"task": spec.name, "protocol": protocol, "authors_task": spec.authors_task,
+            "dataset": {"hub_id": spec.hub_id, "config": spec.config, "split": spec.split, "revision": spec.revision,
+                        "data_files": data_files},
+            "settings": ours, "differs_from_authors": differences(spec, ours)}
 
 
 def _accuracy(answers, correct, gold, plan: _Plan, rules: EvalRules, cons_k, pass_k) -> dict:
@@ -250,127 +300,12 @@ def _modes_report(modes, labels: list[str], classifier: str, mode_names: list[st
     }
 
 
-def _self_chosen(sm: SSFTModel, rows: list[dict], plan: _Plan, strategy: str, rules: EvalRules, gen: dict,
-                 classify, keep_samples: bool) -> dict:
-    """The model's own token: N self-chosen samples per question and round (`self_choice.self_chosen_report`)."""
-    return self_chosen_report(sm, rows, plan.tokens, plan.rounds, strategy, rules, gen, classify, keep_samples)
-
-
 def _samples_list(s: dict, labels: list[str]) -> list[dict]:
     q, n, r_ = s["texts"].shape
-    return [{"question": qi, "token": labels[i], "round": r, "self_chosen": False, "text": s["texts"][qi, i, r],
-             "answer": s["answers"][qi, i, r], "correct": bool(s["correct"][qi, i, r]), "mode": s["modes"][qi, i, r]}
+    return [{"question": qi, "token": labels[i], "round": r, "slot": i, "self_chosen": False,
+             "text": s["texts"][qi, i, r], "answer": s["answers"][qi, i, r], "correct": bool(s["correct"][qi, i, r]),
+             "mode": s["modes"][qi, i, r], "new_tokens": int(s["lengths"][qi, i, r])}
             for qi in range(q) for r in range(r_) for i in range(n)]
-
-
-def _score(s: dict, rows: list[dict], rules: EvalRules, classify) -> None:
-    """Add answers, correctness and modes [Q, N, R] to the sample arrays `s`."""
-    extract, equal = rules.extractor(), rules.equal()
-    texts = s["texts"]
-    s["answers"] = np.empty(texts.shape, dtype=object)
-    s["modes"] = np.empty(texts.shape, dtype=object)
-    s["correct"] = np.zeros(texts.shape, dtype=bool)
-    for (qi, i, r), text in np.ndenumerate(texts):
-        ans = extract(text)
-        gold = rows[qi]["answer"]
-        s["answers"][qi, i, r] = ans
-        s["correct"][qi, i, r] = gold is not None and ans is not None and equal(gold, ans)
-        s["modes"][qi, i, r] = classify(text, rows[qi]) if classify else None
-
-
-def evaluate_model(
-    model,
-    data,
-    *,
-    fork_tokens: Sequence[str] | None = None,
-    use_fork_tokens: bool | None = None,
-    num_plain_samples: int | None = None,
-    pass1_token: str | None = None,
-    rounds: int = 1,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    greedy: bool = False,
-    max_new_tokens: int = 256,
-    batch_size: int = 32,
-    seed: int = 0,
-    max_questions: int | None = None,
-    answer_pattern: str | None = None,
-    math_verify: bool | None = None,
-    missing_answers: str = "skip",
-    extract: str = "boxed",
-    choices: str | None = None,
-    cons_estimator: str = "groups",
-    mode_classifier: str = "auto",
-    self_choose: str | None = None,
-    cons_k: Sequence[int] = (),
-    pass_k: Sequence[int] = (1,),
-    prompt_column: str = "prompt",
-    answer_column: str = "answer",
-    chat: str = "auto",
-    backend: str = "hf",
-    device: str | None = None,
-    dtype: str | None = None,
-    progress: bool = True,
-    keep_samples: bool = False,
-    suppress_fork_tokens: bool | None = None,
-) -> dict:
-    """Generate Q x N x R samples and compute every metric; returns the report dict.
-
-    model: a model dir (full or adapter) or an `inference.SSFTModel`. data: a file path or a list of
-    rows. N is the number of forking tokens (`fork_tokens`, default from the model's
-    `ssft_state.json`). A model trained with ``ssft_assignment: none`` (no token, SFT-mixed), or
-    ``use_fork_tokens=False``, gets N = `num_plain_samples` (default: its number of forking tokens)
-    samples of the bare prompt per round, reported as slots ``sample1..N``. Greedy decoding makes
-    rounds identical, so it runs one round. `self_choose` (``argmax`` / ``sample``) also evaluates
-    the model's own token choice (`self_choice`: N self-chosen samples per question and round, Pass@1,
-    Cons@N, each question's choices); None: ``sample`` for a model whose ssft_state.json has
-    ``pass1_choice: "self"`` (GFPO), else off; ``"none"``: off. `keep_samples`: ``report["samples"]``
-    lists every sample (forced tokens, then the self-chosen ones with ``"self_chosen": True``).
-    `suppress_fork_tokens`: forbid the forking tokens in continuations after a forced or self-chosen
-    token (never in plain samples); None: as the model was trained, i.e. on for a GFPO model whose
-    ssft_state.json says ``gfpo.suppress_fork_tokens`` (`suppress_fork_tokens_default`), else off.
-
-    Scoring rules (recorded in ``report["rules"]``, explained in docs/metrics.md):
-    `math_verify` (None: when installed, else normalised strings); `missing_answers` ``skip``
-    (default: a sample without an answer is not a vote) or ``vote`` (the authors' rule: it is a vote,
-    can win, and scores 0); `extract` ``boxed`` (default) or ``fallback`` (the authors' order; a
-    regex `answer_pattern` overrides both); `choices` (e.g. ``"ABCD"``: multiple choice, the option
-    letter is extracted, voted and compared); `cons_estimator` ``groups`` (default: mean over disjoint
-    groups of k) or ``first-k`` (one vote over the first k samples, the paper's Cons@32). A k of
-    `cons_k` / `pass_k` above the N x R samples per question is reported as None.
-    `backend`: ``hf`` (transformers generate) or ``vllm`` (`trl_ssft.eval.vllm_backend`; `model` must
-    be a directory).
-    """
-    t0 = time.time()
-    rules = EvalRules(math_verify, missing_answers, extract, answer_pattern, choices, cons_estimator)
-    self_choose = resolve_self_choose(model, self_choose)
-    load = backend != "vllm" or self_choose is not None
-    sm = model if isinstance(model, SSFTModel) else load_ssft_model(model, device=device, dtype=dtype,
-                                                                      fork_tokens=fork_tokens, load_model=load)
-    rows = normalise_rows(read_rows(data) if isinstance(data, str) else list(data), prompt_column,
-                          answer_column, chat)[:max_questions]
-    if choices:
-        _gold_choices(rows, choices)
-    plan = _plan(sm, fork_tokens, use_fork_tokens, num_plain_samples, pass1_token, rounds, greedy, temperature)
-    if suppress_fork_tokens is None:
-        suppress_fork_tokens = suppress_fork_tokens_default(sm.state)
-    gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=plan.greedy,
-               batch_size=batch_size, seed=seed, backend=backend, progress=progress,
-               model_dir=model if isinstance(model, str) else None,
-               suppress_ids=list(sm.fork_token_ids) if (suppress_fork_tokens and plan.use_fork_tokens) else None)
-    classify, mode_names = pick_classifier(mode_classifier, rows)
-    s = _sample(sm, rows, plan, gen)
-    _score(s, rows, rules, classify)
-    report = _report(model, data, sm, rows, plan, rules, s, gen, cons_k, pass_k)
-    if classify is not None:
-        report["modes"] = _modes_report(s["modes"], plan.labels, resolve_classifier_name(mode_classifier, rows),
-                                        mode_names)
-    if self_choose and plan.use_fork_tokens:
-        report["self_chosen"] = _self_chosen(sm, rows, plan, self_choose, rules, gen, classify, keep_samples)
-    report["seconds"] = round(time.time() - t0, 2)
-    if keep_samples:  # forced samples, then the self-chosen ones ("self_chosen": True)
-        report["samples"] = _samples_list(s, plan.labels) + (report.get("self_chosen") or {}).pop("samples", [])
-    return report
 
 
 def _report(model, data, sm: SSFTModel, rows, plan: _Plan, rules: EvalRules, s: dict, gen: dict, cons_k,
@@ -384,6 +319,7 @@ def _report(model, data, sm: SSFTModel, rows, plan: _Plan, rules: EvalRules, s: 
         "dataset": data if isinstance(data, str) else None,
         "num_questions": len(rows), "rounds": plan.rounds, "tokens": labels,
         "uses_fork_tokens": plan.use_fork_tokens, "pass1_token": plan.pass1_token,
+        "fork_layout": sm.layout.layout.describe() if plan.use_fork_tokens else None,
         "samples_per_question": len(labels) * plan.rounds,
         "temperature": None if greedy else gen["temperature"], "top_p": None if greedy else gen["top_p"],
         "greedy": greedy, "max_new_tokens": gen["max_new_tokens"], "seed": gen["seed"], "backend": gen["backend"],

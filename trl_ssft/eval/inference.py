@@ -1,10 +1,12 @@
 """Parallel inference with global forking tokens: loading, per-token prompts, batched generation, token choice.
 
 The sequence layout matches training: the prompt (chat template with the generation prompt for a
-message list, the raw string otherwise), then ONE forking token, then the model's continuation::
+message list, the raw string otherwise), then ONE forking token with the text of the model's forking-token
+layout around it (`trl_ssft.layout`: nothing by default; ``<|im_start|>`` before and a newline after for the
+released SSFT-32B checkpoints), then the model's continuation::
 
     prompts = fork_prompt_ids(tok, [{"role": "user", "content": q}], ["<think1>", ..., "<thinkN>"])
-    # N lists of ids; prompts[i][-1] == id of "<think{i+1}>"
+    # N lists of ids; with the bare layout prompts[i][-1] == id of "<think{i+1}>"
     texts = generate(model, tok, prompts, temperature=0.7, top_p=0.95)   # N continuations
     vote = majority_vote([extract_answer(t) for t in texts], equal=make_equal())   # eval.metrics, eval.answers
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data import encode_prompt, render_prompt
+from ..layout import BARE_IDS, LayoutIds, check_boundary, fork_span, model_layout
 from ..state import STATE_FILE, read_ssft_state  # noqa: F401  (read_ssft_state re-exported)
 from ..tokens import fork_token_ids, pad_token_id  # fork_token_ids: the one names -> ids rule
 
@@ -42,6 +45,7 @@ class SSFTModel:
     fork_token_ids: list[int]
     pass1_token: str | None = None
     state: dict = field(default_factory=dict)
+    layout: LayoutIds = BARE_IDS  # the forking-token layout (from ssft_state.json unless overridden)
 
 
 def find_fork_tokens(tokenizer, template: str = "<think{i}>") -> list[str]:
@@ -72,7 +76,8 @@ def _load_weights(path: str, device, dtype):
 
 
 def load_ssft_model(path: str, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                    fork_tokens: Sequence[str] | None = None, load_model: bool = True) -> SSFTModel:
+                    fork_tokens: Sequence[str] | None = None, load_model: bool = True,
+                    fork_layout=None) -> SSFTModel:
     """Load a saved SSFT model dir (full model, or a PEFT adapter dir with `adapter_config.json`).
 
     The forking tokens come from `fork_tokens`, else from the dir's `ssft_state.json` (written by
@@ -80,6 +85,8 @@ def load_ssft_model(path: str, device: str | torch.device | None = None, dtype: 
     the state's `pass1_token` (the token matched to the most traces in training). The model is put
     in eval mode on `device` (default: CUDA when available, else CPU). ``load_model=False`` reads only
     the tokenizer and the state (``model`` is None), e.g. for a serving engine that loads the weights.
+    `fork_layout` (a preset name, JSON object or `layout.ForkLayout`) overrides the layout the state records
+    (``fork_layout``; ``bare`` when absent).
     """
     from transformers import AutoTokenizer
 
@@ -91,31 +98,39 @@ def load_ssft_model(path: str, device: str | torch.device | None = None, dtype: 
         raise ValueError(f"{path}: no forking tokens found (no {STATE_FILE}, no <think1> in the tokenizer); "
                          "pass fork_tokens=[...]")
     ids = fork_token_ids(tokenizer, names)
-    return SSFTModel(model, tokenizer, names, ids, state.get("pass1_token"), state)
+    layout = model_layout(tokenizer, fork_layout, state, names[0])
+    return SSFTModel(model, tokenizer, names, ids, state.get("pass1_token"), state, layout)
 
 
 # ---------------------------------------------------------------- prompts
-def fork_prompt_ids(tokenizer, prompt: Prompt, fork_tokens: Sequence[str] | None) -> list[list[int]]:
-    """The N prompts of one question as token ids: ``encode_prompt(prompt) + [id of fork_tokens[i]]``.
+def fork_prompt_ids(tokenizer, prompt: Prompt, fork_tokens: Sequence[str] | None,
+                    layout: LayoutIds | None = None) -> list[list[int]]:
+    """The N prompts of one question as token ids: ``encode_prompt(prompt) + fork_span(fork_tokens[i], layout)``.
 
-    A message list is rendered with the chat template and its generation prompt (as in training).
+    A message list is rendered with the chat template and its generation prompt (as in training); `layout`
+    (`layout.tokenize_layout`; None: the token alone) puts its text around the token, as training did, and is
+    refused when its text would tokenize differently inside the rendered string (`layout.check_boundary`).
     ``fork_tokens=None`` or ``[]`` gives the single prompt without a forking token (SFT-mixed models).
     Returns N lists (1 without tokens).
     """
     base = encode_prompt(tokenizer, prompt)
     if not fork_tokens:
         return [list(base)]
-    return [list(base) + [i] for i in fork_token_ids(tokenizer, fork_tokens)]
+    if layout is not None and not layout.layout.is_bare:
+        check_boundary(tokenizer, layout, render_prompt(tokenizer, prompt), base, fork_tokens[0])
+    return [list(base) + fork_span(i, layout)[0] for i in fork_token_ids(tokenizer, fork_tokens)]
 
 
-def fork_prompt_strings(tokenizer, prompt: Prompt, fork_tokens: Sequence[str] | None) -> list[str]:
-    """The N prompts as text (for vLLM-like engines): rendered prompt + forking-token text.
+def fork_prompt_strings(tokenizer, prompt: Prompt, fork_tokens: Sequence[str] | None,
+                        layout: LayoutIds | None = None) -> list[str]:
+    """The N prompts as text (for vLLM-like engines): rendered prompt + the layout's span as text.
 
     Tokenized without adding special tokens, a string encodes to the ids of `fork_prompt_ids` for
     chat prompts (a BOS that `encode_prompt` adds to a plain-string prompt is not in the string).
     """
     base = render_prompt(tokenizer, prompt)
-    return [base + t for t in fork_tokens] if fork_tokens else [base]
+    render = (layout or BARE_IDS).layout.render
+    return [base + render(t) for t in fork_tokens] if fork_tokens else [base]
 
 
 # ---------------------------------------------------------------- generation
@@ -139,6 +154,29 @@ def _left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
+class RowSampler:
+    """A transformers logits processor that samples each row with a generator of its own (temperature, then top-p as
+    transformers' warpers) and sets every other logit to -inf, so that greedy decoding takes the sampled token. A
+    row's sample then depends only on its seed and its own logits, not on the rows it is batched with or on the order
+    of batches: what a resumable evaluation needs (`eval.sampling`). Rows: [B, V] scores after the built-in
+    processors (``suppress_tokens`` included)."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = float(temperature), float(top_p)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            sorted_p[(sorted_p.cumsum(-1) - sorted_p) > self.top_p] = 0.0  # keep the smallest nucleus >= top_p
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        probs = probs.cpu()
+        picks = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.gens)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, picks.to(scores.device), 0.0)
+
+
 @torch.no_grad()
 def generate_ids(
     model,
@@ -153,6 +191,7 @@ def generate_ids(
     seed: int | None = 0,
     progress: Callable[[int], None] | None = None,
     suppress_ids: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Continue each prompt (list of ids) with `model.generate`; returns the new ids of each, EOS cut off.
 
@@ -160,15 +199,19 @@ def generate_ids(
     none) and sent through `generate` with an attention mask, so a batched greedy run gives the same
     output as one prompt at a time. Sampling uses `temperature` and `top_p` (`greedy=True` or
     ``temperature == 0`` decodes greedily). `seed` seeds torch's RNG once before generating (the
-    samples then depend on the batch layout). Works for `PeftModel`s too. `progress(n)` is called
-    after each batch with the number of prompts done in it. `suppress_ids`: token ids never generated
-    (transformers' `suppress_tokens`), e.g. the forking tokens after the forking position.
+    samples then depend on the batch layout). `seeds` (one per prompt) samples each prompt with a generator of
+    its own instead (`RowSampler`: the samples no longer depend on batching; `seed` is then unused). Works for
+    `PeftModel`s too. `progress(n)` is called after each batch with the number of prompts done in it.
+    `suppress_ids`: token ids never generated (transformers' `suppress_tokens`), e.g. the forking tokens after
+    the forking position.
     """
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     eos = _eos_ids(model, tokenizer)
     greedy = greedy or temperature == 0
-    if seed is not None:
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"seeds: {len(seeds)} for {len(prompts)} prompts")
+    if seed is not None and seeds is None:
         torch.manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -177,8 +220,13 @@ def generate_ids(
         for s in range(0, len(prompts), batch_size):
             chunk = prompts[s: s + batch_size]
             ids, mask = _left_pad(chunk, pad)
-            kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p,
-                                                           top_k=0)
+            if greedy:
+                kw = dict(do_sample=False)
+            elif seeds is not None:
+                kw = dict(do_sample=False, logits_processor=_as_processors(
+                    RowSampler(seeds[s: s + batch_size], temperature, top_p)))
+            else:
+                kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
             if suppress_ids:
                 kw["suppress_tokens"] = [int(t) for t in suppress_ids]
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -194,6 +242,17 @@ def generate_ids(
     return out
 
 
+def _as_processors(sampler: RowSampler):
+    """`sampler` as a transformers `LogitsProcessorList` (transformers is imported only when generating)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class _Processor(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return sampler(input_ids, scores)
+
+    return LogitsProcessorList([_Processor()])
+
+
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], **kwargs) -> list[str]:
     """`generate_ids`, decoded to text (special tokens skipped)."""
     return [tokenizer.decode(x, skip_special_tokens=True) for x in generate_ids(model, tokenizer, prompts, **kwargs)]
@@ -201,15 +260,17 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], **kwargs) -> li
 
 @torch.no_grad()
 def fork_token_probs(model, tokenizer, prompts: Sequence[Prompt], fork_tokens: Sequence[str],
-                     batch_size: int = 32) -> torch.Tensor:
-    """p(forking token i | prompt), renormalised over the N forking tokens: [len(prompts), N] float on CPU.
+                     batch_size: int = 32, layout: LayoutIds | None = None) -> torch.Tensor:
+    """p(forking token i | prompt + the layout's text before it), renormalised over the N forking tokens:
+    [len(prompts), N] float on CPU.
 
     Meaningful for a model trained with `ssft_fork_token_loss` (otherwise close to uniform or arbitrary).
     """
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     ids_f = torch.tensor(fork_token_ids(tokenizer, fork_tokens))
-    rows = [encode_prompt(tokenizer, p) for p in prompts]
+    before = list((layout or BARE_IDS).before)
+    rows = [encode_prompt(tokenizer, p) + before for p in prompts]
     out = []
     for s in range(0, len(rows), batch_size):
         ids, mask = _left_pad(rows[s: s + batch_size], pad)
@@ -221,13 +282,13 @@ def fork_token_probs(model, tokenizer, prompts: Sequence[Prompt], fork_tokens: S
 
 
 def choose_fork_token(model, tokenizer, prompts: Sequence[Prompt], fork_tokens: Sequence[str],
-                      strategy: str = "argmax", seed: int = 0) -> list[int]:
+                      strategy: str = "argmax", seed: int = 0, layout: LayoutIds | None = None) -> list[int]:
     """The model's own token for each prompt: index into `fork_tokens` ([len(prompts)] ints).
 
-    ``argmax``: the most probable forking token after the prompt; ``sample``: drawn from the
-    renormalised probabilities (`fork_token_probs`) with a generator seeded by `seed`.
+    ``argmax``: the most probable forking token after the prompt (and the layout's text before the token);
+    ``sample``: drawn from the renormalised probabilities (`fork_token_probs`) with a generator seeded by `seed`.
     """
-    probs = fork_token_probs(model, tokenizer, prompts, fork_tokens)
+    probs = fork_token_probs(model, tokenizer, prompts, fork_tokens, layout=layout)
     if strategy == "argmax":
         return probs.argmax(-1).tolist()
     if strategy == "sample":

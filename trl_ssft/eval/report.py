@@ -75,7 +75,24 @@ def format_report(report: dict) -> str:
         lines += _self_chosen_lines(sc, len(labels))
     if rules_line(report):
         lines.append(rules_line(report))
+    lines += protocol_lines(report)
     return "\n".join(lines)
+
+
+def protocol_lines(report: dict) -> list[str]:
+    """A task run's benchmark, layout and the settings that differ from the authors' evaluation (empty without)."""
+    proto = report.get("protocol")
+    if not proto:
+        return []
+    ds = proto["dataset"]
+    src = ds["data_files"] or f"{ds['hub_id']} ({ds['config']}, {ds['split']}, revision {ds['revision']})"
+    layout = report.get("fork_layout") or {}
+    lines = [f"task {proto['task']} ({proto['protocol']} protocol) on {src}; fork layout "
+             f"{layout.get('name', 'none')}; differs from the authors ({proto['authors_task']}):"]
+    for d in proto["differs_from_authors"]:
+        lines.append(f"  {d['setting']}: {d['ours']}" if d["setting"] == "note" else
+                     f"  {d['setting']}: ours {d['ours']!r}, authors {d['authors']!r}")
+    return lines
 
 
 def _self_chosen_lines(sc: dict, n: int, max_questions: int = 20) -> list[str]:

