@@ -243,17 +243,14 @@ def test_build_is_seeded_and_independent_of_num_proc(tmp_path):
 # ------------------------------------------------------------------ report, CLI, docs
 def test_report_counts_lengths_truncation_and_drops(tmp_path):
     from trl_ssft.data import encode_prompt
-    from trl_ssft.demo.tiny import save_tiny_model
+    from trl_ssft.demo.tiny import build_tiny_tokenizer
     from trl_ssft.traces.report import data_report, format_report
 
     rows = [_s1k_row(i, gemini_grade="No" if i == 1 else "Yes") for i in range(4)]
     out = str(tmp_path / "s1k_ssft.jsonl")
     build([_jsonl(tmp_path / "s1k.jsonl", rows)], out)
-    tok_dir = save_tiny_model(str(tmp_path / "tok"), [_text(k) for k in range(20)], arch="qwen2")
-    rep = data_report(out, tok_dir, max_length=80)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = build_tiny_tokenizer([_text(k) for k in range(20)])
+    rep = data_report(out, tok, max_length=80)
     built = _read(out)
     lens = [len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for r in built for t in r["traces"]]
     cut = sum(len(encode_prompt(tok, r["prompt"])) + 1 + len(tok(t, add_special_tokens=False)["input_ids"]) + 1 > 80

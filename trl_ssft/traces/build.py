@@ -43,11 +43,13 @@ from .verify import Verifier, VerifyOptions, check_options, verify_question
 FILE_TEACHER = "__file_teacher__"
 
 
-def load_input(path: str, split: str = "train", config: str | None = None):
+def load_input(path, split: str = "train", config: str | None = None):
     """A `datasets.Dataset` from a .jsonl/.json/.parquet/.csv file, a saved dataset folder, a folder of data
-    files, or a hub dataset name (`split` of it)."""
-    from datasets import DatasetDict, load_dataset, load_from_disk
+    files, or a hub dataset name (`split` of it); a `Dataset` is returned as it is."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+    if isinstance(path, Dataset):
+        return path
     p = Path(path)
     if p.is_file():
         ext = p.suffix.lower().lstrip(".")
@@ -61,11 +63,15 @@ def load_input(path: str, split: str = "train", config: str | None = None):
     return load_dataset(path, config, split=split)
 
 
-def _label(path: str) -> str:
-    name = Path(path.rstrip("/")).name
+def _label(path) -> str:
+    name = Path(str(path).rstrip("/")).name
     for ext in (".jsonl", ".json", ".parquet", ".csv"):
         name = name[: -len(ext)] if name.endswith(ext) else name
     return name
+
+
+def _name(source) -> str:
+    return source if isinstance(source, str) else f"<{type(source).__name__} of {len(source)} rows>"
 
 
 def open_source(inputs: list[str], spec: SourceSpec | None, preset: str | None, split: str = "train",
@@ -79,7 +85,7 @@ def open_source(inputs: list[str], spec: SourceSpec | None, preset: str | None, 
     sets = [load_input(p, split, config) for p in inputs]
     spec = resolve_spec(spec, preset, sets[0].column_names)
     for path, ds in zip(inputs, sets):
-        check_columns(spec, ds.column_names, path)
+        check_columns(spec, ds.column_names, _name(path))
     if spec.shape == "join":
         labels = list(spec.trace_sources) or [_label(p) for p in inputs]
         if len(labels) != len(inputs):
@@ -120,8 +126,12 @@ def question_groups(source, spec: SourceSpec, max_questions: int | None = None):
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int64()))
 
 
-def _one_question(cands, verifier: Verifier, sopts: SelectOptions, dataset: str) -> tuple[dict, dict]:
-    """(ssft row, its counts) of one question's candidates."""
+def _one_question(cands, verifier: Verifier, sopts: SelectOptions, dataset: str, messages: bool,
+                  prompt_column: str) -> tuple[dict, dict]:
+    """(ssft row, its counts) of one question's candidates (its source rows' candidates, maybe none)."""
+    if not cands:
+        return {"question_id": None, "prompt": [] if messages else "", "traces": [], "trace_sources": [],
+                "answer": None}, {"candidates": 0, "counts": {}, "status": "no_trace", "reference": False}
     first = cands[0]
     reference = next((c.answer for c in cands if c.answer is not None), None)
     for c in cands:
@@ -129,11 +139,15 @@ def _one_question(cands, verifier: Verifier, sopts: SelectOptions, dataset: str)
             raise SSFTDataError(c.row, "prompt", f"question {first.question_id!r} has another prompt in row "
                                 f"{first.row}.", "give each question key one prompt.", dataset)
         c.answer = reference if c.answer is None else c.answer
+    if isinstance(first.prompt, str) == messages:
+        raise SSFTDataError(first.row, prompt_column, "mixes plain-text questions and chat message lists.",
+                            "give all questions one type (or keep as_messages on).", dataset)
     traces, teachers, counts = verify_question(cands, verifier)
     keep, sel = select_traces(first.question_id, traces, teachers, sopts) if traces else ([], Counter())
     counts.update(sel)
     status = "ok" if keep else ("too_few_traces" if traces else "no_trace")
-    row = {"question_id": first.question_id, "prompt": first.prompt, "traces": [traces[i] for i in keep],
+    prompt = [{"role": m["role"], "content": m["content"]} for m in first.prompt] if messages else first.prompt
+    row = {"question_id": first.question_id, "prompt": prompt, "traces": [traces[i] for i in keep],
            "trace_sources": [teachers[i] for i in keep], "answer": reference}
     if keep:
         validate_row(row, first.row, dataset=dataset)
@@ -145,8 +159,7 @@ def _process(batch, source, spec: SourceSpec, vopts: VerifyOptions, sopts: Selec
              messages: bool) -> dict:
     """`Dataset.map` body: a batch of question groups -> ssft rows + `_keep` + `_stats` (JSON counts)."""
     verifier = Verifier(vopts)
-    flat = [r for rows in batch["rows"] for r in rows]
-    data = source[flat]
+    data = source[[r for rows in batch["rows"] for r in rows]]
     columns = list(data)
     out = {k: [] for k in ("question_id", "prompt", "traces", "trace_sources", "answer", "_keep", "_stats")}
     pos = 0
@@ -155,19 +168,7 @@ def _process(batch, source, spec: SourceSpec, vopts: VerifyOptions, sopts: Selec
         for r in rows:
             cands += read_candidates({c: data[c][pos] for c in columns}, r, spec, dataset)
             pos += 1
-        if not cands:
-            out["question_id"].append(None), out["prompt"].append([] if messages else "")
-            for k in ("traces", "trace_sources"):
-                out[k].append([])
-            out["answer"].append(None), out["_keep"].append(False)
-            out["_stats"].append(json.dumps({"candidates": 0, "counts": {}, "status": "no_trace", "reference": False}))
-            continue
-        row, stats = _one_question(cands, verifier, sopts, dataset)
-        if isinstance(row["prompt"], str) == messages:
-            raise SSFTDataError(cands[0].row, spec.prompt_column, "mixes plain-text questions and chat message "
-                                "lists.", "give all questions one type (or keep as_messages on).", dataset)
-        if messages:
-            row["prompt"] = [{"role": m["role"], "content": m["content"]} for m in row["prompt"]]
+        row, stats = _one_question(cands, verifier, sopts, dataset, messages, spec.prompt_column)
         for k, v in row.items():
             out[k].append(v)
         out["_keep"].append(stats["status"] == "ok")
@@ -226,13 +227,13 @@ def summarize(stats_json: list[str], out_rows) -> dict:
             "teachers": dict(teachers.most_common())}
 
 
-def build(inputs: list[str] | str, output: str, *, source: SourceSpec | None = None, preset: str | None = None,
+def build(inputs, output: str, *, source: SourceSpec | None = None, preset: str | None = None,
           verify: VerifyOptions | None = None, select: SelectOptions | None = None, num_proc: int = 1,
           batch_size: int = 64, work_dir: str | None = None, split: str = "train", config: str | None = None,
           max_questions: int | None = None) -> dict:
-    """Convert + verify + select `inputs` into ssft rows at `output`; returns the counts (also written to
-    ``<output>.build.json``). See the module docstring for the steps and formats."""
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    """Convert + verify + select `inputs` (paths / hub names / `Dataset`s, or one of them) into ssft rows at
+    `output`; returns the counts (also written to ``<output>.build.json``). See the module docstring."""
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     verify, select = verify or VerifyOptions(), select or SelectOptions()
     check_options(verify)
     check_select(select)
@@ -246,8 +247,8 @@ def build(inputs: list[str] | str, output: str, *, source: SourceSpec | None = N
     try:
         built = groups.map(
             _process, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
-            fn_kwargs=dict(source=src, spec=spec, vopts=verify, sopts=select, dataset=",".join(inputs),
-                           messages=messages),
+            fn_kwargs=dict(source=src, spec=spec, vopts=verify, sopts=select, messages=messages,
+                           dataset=",".join(map(_name, inputs))),
             remove_columns=["rows"], features=_features(messages), cache_file_name=os.path.join(work, "built.arrow"),
             load_from_cache_file=False, new_fingerprint=uuid.uuid4().hex, desc="verify + select",
         )
@@ -257,8 +258,8 @@ def build(inputs: list[str] | str, output: str, *, source: SourceSpec | None = N
         write_output(rows, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report.update(output=output, inputs=inputs, wall_s=round(time.perf_counter() - t0, 2), num_proc=num_proc,
-                  source=asdict(spec), verify=asdict(verify), select=asdict(select))
+    report.update(output=output, inputs=[_name(p) for p in inputs], wall_s=round(time.perf_counter() - t0, 2),
+                  num_proc=num_proc, source=asdict(spec), verify=asdict(verify), select=asdict(select))
     with open(build_report_path(output), "w") as f:
         json.dump(report, f, indent=1)
     return report

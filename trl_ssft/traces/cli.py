@@ -40,7 +40,8 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
         if tp in (bool, bool | None):
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         elif "list" in str(tp):
-            group.add_argument(_flag(f.name), nargs="+", metavar="COL", **kw)
+            group.add_argument(_flag(f.name), nargs="+", metavar="LABEL" if f.name == "trace_sources" else "COL",
+                               **kw)
         else:
             conv = {int: int, float: float}.get(tp, str)
             group.add_argument(_flag(f.name), type=conv, **kw)

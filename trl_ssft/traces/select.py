@@ -5,8 +5,8 @@ The rule, per question, on the traces that passed verification (in source order)
 1. **Exact duplicates**: a trace whose text equals an earlier one's (whitespace collapsed) is dropped
    (``duplicate``).
 2. **Near-duplicates**: each trace's set of word `shingle`-grams (lower case; words and punctuation
-   marks are tokens) is sketched with a MinHash of `num_perm` permutations (datasketch, fixed
-   permutation seed). A trace whose estimated Jaccard similarity to an earlier kept trace is at least
+   marks are tokens; `shingle_hashes`) is sketched with a MinHash of `num_perm` permutations
+   (datasketch, fixed permutation seed). A trace whose estimated Jaccard similarity to an earlier kept trace is at least
    `near_duplicate` is dropped (``near_duplicate``). ``near_duplicate: 1.0`` turns this step off.
 3. **Diverse choice of M**: with d(i, j) = 1 - estimated Jaccard similarity, if more than
    `max_traces` (M) are left, pick greedily: first the trace with the largest sum of distances to all
@@ -76,18 +76,28 @@ def _permutations(num_perm: int):
     return MinHash(num_perm=num_perm, seed=1).permutations
 
 
+def shingle_hashes(text: str, shingle: int = 5) -> np.ndarray:
+    """The set of 32-bit hashes of the word `shingle`-grams of `text` (lower case; words and punctuation marks
+    are tokens): each token hashed with CRC32, each n-gram by a polynomial over its tokens' hashes (numpy)."""
+    words = _TOKEN.findall(text.lower()) or [""]
+    wh = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+    n = min(shingle, len(words))
+    h = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    for k in range(n):
+        h = (h * np.uint64(1_000_003) + wh[k: len(words) - n + 1 + k]) & np.uint64(0xFFFFFFFF)
+    return np.unique(h)
+
+
 def signatures(texts: Sequence[str], num_perm: int = 128, shingle: int = 5) -> np.ndarray:
-    """MinHash signatures [K, num_perm] of the word `shingle`-gram sets of `texts` (datasketch, CRC32 input hash)."""
+    """MinHash signatures [K, num_perm] of the word `shingle`-gram sets of `texts` (datasketch `MinHash`,
+    affine32 scheme, fixed permutations; the n-gram hashes of `shingle_hashes` are its input)."""
     from datasketch import MinHash
 
     perms = _permutations(num_perm)
     out = np.zeros((len(texts), num_perm), dtype=np.uint64)
     for k, text in enumerate(texts):
-        words = _TOKEN.findall(text.lower())
-        n = min(shingle, max(len(words), 1))
-        grams = {" ".join(words[i:i + n]).encode() for i in range(max(len(words) - n + 1, 1))}
-        m = MinHash(num_perm=num_perm, hashfunc=zlib.crc32, permutations=perms, scheme="affine32")
-        m.update_batch(list(grams))
+        m = MinHash(num_perm=num_perm, hashfunc=int, permutations=perms, scheme="affine32")
+        m.update_batch(shingle_hashes(text, shingle))
         out[k] = m.hashvalues
     return out
 
@@ -157,5 +167,5 @@ def select_traces(question_id: str, traces: Sequence[str], teachers: Sequence[st
     return kept, drops
 
 
-__all__ = ["SELECT_REASONS", "SelectOptions", "check_select", "diverse_choice", "select_traces", "signatures",
+__all__ = ["SELECT_REASONS", "SelectOptions", "check_select", "diverse_choice", "select_traces", "shingle_hashes", "signatures",
            "similarity"]
