@@ -195,6 +195,20 @@ def test_candidates_file_read_with_no_options(tmp_path):
         build([_jsonl(tmp_path / "bad.jsonl", bad)], str(tmp_path / "bad_out.jsonl"))
 
 
+def test_ssft_file_reselected_and_optional_columns(tmp_path):
+    rows = [{"prompt": f"add {k} 1", "answer": str(k + 1),
+             "traces": [f"{_text(k)} \\boxed{{{k + 1}}}", f"{_text(k)}  \\boxed{{{k + 1}}}", f"{_text(k + 50)} "
+                        f"\\boxed{{{k + 1}}}"]} for k in range(3)]  # no trace_sources (optional in the format)
+    report = build([_jsonl(tmp_path / "old.jsonl", rows)], str(tmp_path / "new.jsonl"))
+    new = _read(str(tmp_path / "new.jsonl"))
+    assert report["drops"] == {"duplicate": 3} and [len(r["traces"]) for r in new] == [2, 2, 2]
+    assert new[0]["prompt"] == "add 0 1" and new[0]["trace_sources"] == ["trace", "trace"]  # plain text kept
+    from trl_ssft.traces.sources import SourceSpec
+
+    with pytest.raises(SSFTDataError, match=r"field 'fr': column\(s\) not in the dataset"):  # named by the user
+        build([str(tmp_path / "old.jsonl")], str(tmp_path / "x.jsonl"), source=SourceSpec(finish_reason_column="fr"))
+
+
 # ------------------------------------------------------------------ selection
 def test_near_duplicates_removed_and_diverse_m_chosen():
     base = _text(7, 120).split()

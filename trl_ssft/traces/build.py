@@ -36,8 +36,7 @@ import numpy as np
 
 from ..checks import SSFTDataError, validate_row
 from .select import SelectOptions, check_select, select_traces
-from .sources import (SHAPES, SourceSpec, check_columns, optional_columns, read_candidates, required_columns,
-                      resolve_spec)
+from .sources import SHAPES, SourceSpec, check_columns, read_candidates, required_columns, resolve_spec
 from .verify import Verifier, VerifyOptions, check_options, verify_question
 
 FILE_TEACHER = "__file_teacher__"
@@ -92,14 +91,13 @@ def open_source(inputs: list[str], spec: SourceSpec | None, preset: str | None, 
             raise ValueError(f"join: {len(inputs)} files but {len(labels)} teacher labels {labels}")
         sets = [ds.add_column(FILE_TEACHER, [lab] * len(ds)) for ds, lab in zip(sets, labels)]
         spec = replace(spec, teacher_column=FILE_TEACHER)
-    keep = [c for c in dict.fromkeys([*required_columns(spec), spec.thinking_column, spec.finish_reason_column,
-                                      spec.error_column, spec.teacher_column]) if c and c in sets[0].column_names]
+    keep = required_columns(spec)
     try:
         source = concatenate_datasets([ds.select_columns(keep) for ds in sets]) if len(sets) > 1 else \
             sets[0].select_columns(keep)
     except Exception as e:  # features that differ between files
         raise ValueError(f"the inputs {inputs} cannot be read as one source (their columns differ: {e})") from e
-    return source, optional_columns(spec, source.column_names)
+    return source, spec
 
 
 def question_groups(source, spec: SourceSpec, max_questions: int | None = None):

@@ -234,6 +234,7 @@ SHAPES: dict[str, Shape] = {
 }
 
 _FINAL_DEFAULTS = dict(answer_from="value", as_messages=True)
+_OPTIONAL = ("thinking_column", "finish_reason_column", "error_column", "teacher_column", "correct_column")
 # Public datasets, by their real column names (a preset = a shape + its columns).
 PRESETS: dict[str, dict] = {
     "s1k": dict(shape="columns", prompt_column="question", answer_column="solution", answer_from="boxed",
@@ -274,9 +275,11 @@ def resolve_spec(spec: SourceSpec | None = None, preset: str | None = None,
                          f"({', '.join(PRESETS)}); the columns {list(columns or [])} match no preset")
     merged = {**_FINAL_DEFAULTS, **SHAPES[shape].defaults, **base, "shape": shape}
     default = SourceSpec()
-    merged.update({f.name: getattr(spec, f.name) for f in fields(SourceSpec)
-                   if getattr(spec, f.name) != getattr(default, f.name) and f.name != "shape"})
-    out = replace(default, **merged)
+    given = {f.name: getattr(spec, f.name) for f in fields(SourceSpec)
+             if getattr(spec, f.name) != getattr(default, f.name) and f.name != "shape"}
+    if columns is not None:  # optional columns named by a default, not by the user, are read when present
+        merged.update({n: None for n in _OPTIONAL if merged.get(n) and merged[n] not in columns})
+    out = replace(default, **{**merged, **given})
     check_spec(out)
     return out
 
@@ -297,15 +300,13 @@ def check_spec(spec: SourceSpec) -> None:
 
 
 def required_columns(spec: SourceSpec) -> list[str]:
-    """The columns a source must have for `spec` (lists' optional parallel columns and long's optional
-    thinking / finish_reason / error / teacher columns are read when present)."""
-    cols = [spec.prompt_column, spec.id_column, spec.answer_column]
-    if spec.shape == "columns":
-        cols += [*spec.trace_columns, *spec.final_columns, *spec.grade_columns]
-    else:
-        cols += [spec.response_column, spec.correct_column]
-    if spec.shape == "lists":
-        cols += [spec.thinking_column, spec.teacher_column, spec.finish_reason_column]
+    """The columns a source must have for `spec`: every column it names (`resolve_spec` with the source's
+    columns leaves out the optional ones a shape or preset names by default and the source lacks)."""
+    cols = [spec.prompt_column, spec.id_column, spec.answer_column, *spec.trace_columns, *spec.final_columns,
+            *spec.grade_columns, spec.response_column, spec.thinking_column, spec.correct_column,
+            spec.finish_reason_column, spec.teacher_column, spec.error_column]
+    if spec.shape == "columns":  # the lists / long columns are not read
+        cols = cols[:3] + [*spec.trace_columns, *spec.final_columns, *spec.grade_columns]
     return [c for c in dict.fromkeys(cols) if c]
 
 
@@ -316,14 +317,6 @@ def check_columns(spec: SourceSpec, columns: Sequence[str], dataset: str = "sour
         raise SSFTDataError(None, ", ".join(missing), f"column(s) not in the dataset (it has {list(columns)}).",
                             "name the right columns (see `trl-ssft data build --help`), or pick another --preset.",
                             dataset)
-
-
-def optional_columns(spec: SourceSpec, columns: Sequence[str]) -> SourceSpec:
-    """`spec` with long-shape optional columns the source does not have unset (generate's file has them all)."""
-    if spec.shape not in ("long", "join"):
-        return spec
-    names = ("thinking_column", "finish_reason_column", "error_column", "teacher_column")
-    return replace(spec, **{n: None for n in names if getattr(spec, n) and getattr(spec, n) not in columns})
 
 
 def read_candidates(row: dict, index: int, spec: SourceSpec, dataset: str = "source") -> list[Candidate]:
