@@ -14,9 +14,11 @@ words changed) of another sample of the same question.
 
 Each `--num-proc` value runs `trl_ssft.traces.build.build` (M = 4, the defaults otherwise: math-verify
 answer checks, MinHash near-duplicates, the diverse choice) in a fresh subprocess on the same memory-mapped
-source, writing Parquet; the parent samples the resident memory (RSS) of that process and its children
-every 0.2 s: peak of the sum (the memory-mapped source pages the processes touched count in RSS) and of the
-main process alone. The outputs of every run must be identical (they are compared).
+source, writing Parquet; the parent samples the memory of that process and its children every 0.2 s:
+the peak of the summed RSS (which counts the pages of the memory-mapped source and output files the
+processes touched: page cache, reclaimable) and of the summed anonymous RSS (`RssAnon`: heap, what
+bounded memory is about), for the tree and for the main process alone. The outputs of every run must
+be identical (their digests are compared).
 """
 
 from __future__ import annotations
@@ -100,19 +102,30 @@ def run_one(arrow: list[str], output: str, num_proc: int, work: str) -> None:
     print("REPORT " + json.dumps({k: v for k, v in report.items() if k not in ("source", "verify", "select")}))
 
 
-def measure(cmd: list[str]) -> tuple[dict, float, float, float]:
-    """(the child's report, wall s, peak RSS of the process tree GiB, peak RSS of the main process GiB)."""
+def _anon_rss(pid: int) -> int:
+    """Anonymous resident memory of a process (`RssAnon` of /proc/PID/status, bytes): its heap, not file pages."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
+def measure(cmd: list[str]) -> tuple[dict, float, dict]:
+    """(the child's report, wall s, peak memory GiB: RSS and anonymous RSS of the process tree and of the main
+    process), sampled every 0.2 s."""
     import psutil
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    ps, peak_sum, peak_main = psutil.Process(proc.pid), 0, 0
+    main = psutil.Process(proc.pid)
+    peak = {"rss_tree": 0, "anon_tree": 0, "rss_main": 0, "anon_main": 0}
     while proc.poll() is None:
         try:
-            main = ps.memory_info().rss
-            kids = sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak_sum, peak_main = max(peak_sum, main + kids), max(peak_main, main)
-        except psutil.Error:
+            procs = [main, *main.children(recursive=True)]
+            rss = [p.memory_info().rss for p in procs]
+            anon = [_anon_rss(p.pid) for p in procs]
+            for key, value in (("rss_tree", sum(rss)), ("anon_tree", sum(anon)), ("rss_main", rss[0]),
+                               ("anon_main", anon[0])):
+                peak[key] = max(peak[key], value)
+        except (psutil.Error, OSError, StopIteration):
             pass
         time.sleep(0.2)
     out = proc.stdout.read()
@@ -120,7 +133,7 @@ def measure(cmd: list[str]) -> tuple[dict, float, float, float]:
     if proc.returncode != 0:
         raise RuntimeError(f"build failed (rc {proc.returncode}): {out[-2000:]}")
     report = json.loads(next(line[7:] for line in out.splitlines() if line.startswith("REPORT ")))
-    return report, wall, peak_sum / 2**30, peak_main / 2**30
+    return report, wall, {k: round(v / 2**30, 2) for k, v in peak.items()}
 
 
 def _digest(parquet: str) -> str:
@@ -163,9 +176,9 @@ def main() -> None:
         for n in [int(x) for x in a.num_proc.split(",")]:
             out = os.path.join(work, f"out_{n}.parquet")
             load = os.getloadavg()
-            rep, wall, rss, rss_main = measure([sys.executable, __file__, "--run-one", ",".join(arrow), out, str(n)])
+            rep, wall, peak = measure([sys.executable, __file__, "--run-one", ",".join(arrow), out, str(n)])
             runs.append({"num_proc": n, "wall_s": round(wall, 1), "build_s": rep["wall_s"],
-                         "peak_rss_gib": round(rss, 2), "peak_rss_main_gib": round(rss_main, 2),
+                         **{f"peak_{k}_gib": v for k, v in peak.items()},
                          "load_before": [round(x, 1) for x in load], "questions_out": rep["questions_out"],
                          "traces_out": rep["traces_out"], "drops": rep["drops"],
                          "questions_dropped": rep["questions_dropped"], "digest": _digest(out),
