@@ -1,8 +1,9 @@
 """`SSFTArgs`: the pydantic model of the plugin's top-level YAML keys, and the checks that refuse what cannot work.
 
 The `ssft_*` fields are generated from `trl_ssft.config.SSFTFields` (same names, defaults and help
-texts as `SSFTConfig`). Axolotl-only keys (column mapping of one-column-per-teacher datasets) are
-declared in `AXOLOTL_ONLY_FIELDS`.
+texts as `SSFTConfig`). Axolotl-only keys (column mapping of one-column-group-per-teacher datasets,
+adapted to `trl_ssft.traces.sources.row_from_columns`, help texts from `trl_ssft.traces`) are declared in
+`AXOLOTL_ONLY_FIELDS`.
 
 Axolotl merges this model into its own config model, so the validator below sees the whole config
 (a plain dict) and can refuse options that break "one question per row".
@@ -19,6 +20,8 @@ from pydantic import BaseModel, Field, create_model, model_validator
 
 from trl_ssft.config import SSFTFields, validate_ssft_fields
 from trl_ssft.gfpo.fields import GFPO_FIELD_NAMES, GFPOFields, gfpo_settings
+from trl_ssft.traces.sources import SourceSpec
+from trl_ssft.traces.verify import VerifyOptions
 
 # Dataset `type:` values that select the ssft strategy (the plugin rewrites the short name).
 SSFT_DATASET_TYPES = ("ssft", "axolotl_ssft.ssft")
@@ -26,24 +29,43 @@ SSFT_STRATEGY = "axolotl_ssft.ssft"
 # `ssft_match_tokens: null` survives Axolotl's config round trip as this (longer than any trace).
 WHOLE_TRACE = 2**31 - 1
 
+def _help(cls, name: str) -> str:
+    """The help string of a `trl_ssft.traces` option (one text for the CLI, the Python API and this schema)."""
+    return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
 AXOLOTL_ONLY_FIELDS: dict[str, tuple[Any, Any, str]] = {
     "ssft_prompt_column": (
         typing.Optional[str], None,
         "Axolotl only. Column holding the question (a string, or a list of chat messages). Set it with "
-        "`ssft_trace_columns` to read a one-column-per-teacher dataset; leave both unset for the ssft format "
-        "(`prompt`, `traces`).",
+        "`ssft_trace_columns` to read a one-column-group-per-teacher dataset (`trl_ssft.traces.sources."
+        "row_from_columns`); leave both unset for the ssft format (`prompt`, `traces`).",
     ),
     "ssft_trace_columns": (
         typing.Optional[list[str]], None,
-        "Axolotl only. Columns holding one trace each (e.g. one per teacher). Empty cells are skipped; a row "
-        "left with no trace is dropped. `trace_sources` is set to the column names.",
+        "Axolotl only. One column per teacher holding its thinking (with `ssft_final_columns`) or its complete "
+        "trace. Empty traces are dropped (counted); a row left with no trace is dropped. `trace_sources` = "
+        "`ssft_trace_sources`, or the column names.",
     ),
+    "ssft_final_columns": (
+        typing.Optional[list[str]], None,
+        "Axolotl only. " + _help(SourceSpec, "final_columns") + " Each trace is laid out by "
+        "`ssft_trace_template`, so it ends with its answer.",
+    ),
+    "ssft_grade_columns": (typing.Optional[list[str]], None, "Axolotl only. " + _help(SourceSpec, "grade_columns")),
+    "ssft_trace_sources": (typing.Optional[list[str]], None,
+                           "Axolotl only. One teacher label per trace column (default: the column names)."),
+    "ssft_answer_column": (typing.Optional[str], None, "Axolotl only. " + _help(SourceSpec, "answer_column")),
+    "ssft_answer_from": (typing.Optional[str], None, "Axolotl only. " + _help(SourceSpec, "answer_from")),
+    "ssft_trace_template": (typing.Optional[str], "think", "Axolotl only. " + _help(VerifyOptions, "template")),
     "ssft_system_prompt": (
         typing.Optional[str], None,
         "Axolotl only. With `ssft_prompt_column` holding plain strings: the question becomes a chat "
         "[system, user] conversation with this system message (rendered with the chat template).",
     ),
 }
+COLUMN_KEYS = tuple(AXOLOTL_ONLY_FIELDS)  # the column mapping: part of the prepared-dataset cache key
+
 
 # Options that break the one-question-per-row layout, with the reason shown to the user.
 REFUSED_OPTIONS: dict[str, str] = {
@@ -189,6 +211,13 @@ def check_ssft_config(cfg: dict) -> None:
         raise ValueError("`ssft_trace_columns` needs `ssft_prompt_column` (the column with the question).")
     if cfg.get("ssft_prompt_column") and not cfg.get("ssft_trace_columns"):
         raise ValueError("`ssft_prompt_column` needs `ssft_trace_columns` (the columns with one trace each).")
+    if cfg.get("ssft_prompt_column"):
+        from .ssft import column_spec
+
+        try:
+            column_spec(ssft_settings(cfg))
+        except ValueError as e:
+            raise ValueError(f"SSFT column mapping (ssft_*_columns, ssft_trace_template): {e}") from e
     validate_ssft_fields(ssft_settings(cfg))
 
 

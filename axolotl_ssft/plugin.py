@@ -30,7 +30,7 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 
-from .args import SSFT_DATASET_TYPES, SSFT_STRATEGY, WHOLE_TRACE, gfpo_requested, ssft_settings
+from .args import COLUMN_KEYS, SSFT_DATASET_TYPES, SSFT_STRATEGY, WHOLE_TRACE, gfpo_requested, ssft_settings
 
 LOG = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ def _check_imports() -> None:
 
 
 def _mapping_fingerprint(cfg: dict) -> str | None:
-    keys = ("ssft_prompt_column", "ssft_trace_columns", "ssft_system_prompt")
-    vals = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
+    if not cfg.get("ssft_prompt_column"):  # the ssft format: no mapping
+        return None
+    vals = {k: cfg.get(k) for k in COLUMN_KEYS if cfg.get(k) is not None}
     if not vals:
         return None
     return "ssft-map-" + hashlib.md5(json.dumps(vals, sort_keys=True).encode()).hexdigest()[:16]

@@ -20,10 +20,13 @@ Two stages, so that Axolotl's prepared-dataset cache stays correct when `ssft_*`
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
-from trl_ssft.converters import row_from_columns
 from trl_ssft.data import DataReport, SSFTDataError, finalize_tokenized, tokenize_rows, validate_row
+from trl_ssft.traces.sources import SourceSpec, check_columns, format_counts, resolve_spec, row_from_columns
+from trl_ssft.traces.templates import get_template
+from trl_ssft.traces.verify import Verifier, VerifyOptions
 
 from .args import plugin_listed, ssft_settings
 
@@ -37,30 +40,42 @@ except ImportError:  # pragma: no cover
 TOKENIZED = ("prompt_ids", "trace_ids")
 
 
-def map_columns(rows: list[dict], settings, name: str) -> tuple[list[dict], list[int]]:
-    """One-column-per-trace rows -> ssft rows (`trl_ssft.converters.row_from_columns`), with source row numbers.
+def column_spec(settings) -> SourceSpec:
+    """The `ssft_*_columns` keys as a `trl_ssft.traces.sources.SourceSpec` (``columns`` shape); `ValueError`
+    for settings that cannot work (lists of different lengths, an unknown `ssft_answer_from`)."""
+    get_template(settings.ssft_trace_template)
+    return resolve_spec(SourceSpec(
+        shape="columns", prompt_column=settings.ssft_prompt_column, trace_columns=list(settings.ssft_trace_columns),
+        final_columns=list(settings.ssft_final_columns or ()), grade_columns=list(settings.ssft_grade_columns or ()),
+        trace_sources=list(settings.ssft_trace_sources or ()), answer_column=settings.ssft_answer_column,
+        answer_from=settings.ssft_answer_from, system_prompt=settings.ssft_system_prompt,
+        as_messages=getattr(settings, "as_messages", True),
+    ))
 
-    Empty trace cells are skipped; a row left with no trace is dropped (and counted in the log).
-    A string prompt becomes a chat [system?, user] conversation when `ssft_system_prompt` is set or
-    `as_messages` (the tokenizer has a chat template); a list of messages is kept as it is.
+
+def map_columns(rows: list[dict], settings, name: str) -> tuple[list[dict], list[int]]:
+    """One-column-group-per-teacher rows -> ssft rows (`trl_ssft.traces.sources.row_from_columns`, the one
+    converter), with their source row numbers.
+
+    Each trace is laid out by `ssft_trace_template` (thinking, then the final answer of `ssft_final_columns`);
+    traces graded wrong (`ssft_grade_columns`) or empty are dropped and counted in the log; a row left with no
+    trace is dropped. A string prompt becomes a chat [system?, user] conversation when `ssft_system_prompt` is
+    set or `as_messages` (the tokenizer has a chat template); a list of messages is kept as it is.
     """
-    pc, tcs = settings.ssft_prompt_column, list(settings.ssft_trace_columns)
-    have = set(rows[0]) if rows else set()
-    missing = [c for c in [pc, *tcs] if c not in have]
-    if rows and missing:
-        raise SSFTDataError(
-            None, ", ".join(missing), f"column(s) not in the dataset (it has {sorted(have)}).",
-            "fix ssft_prompt_column / ssft_trace_columns.", name,
-        )
-    out, index = [], []
+    spec = column_spec(settings)
+    if rows:
+        check_columns(spec, list(rows[0]), name)
+    verifier = Verifier(VerifyOptions(template=settings.ssft_trace_template, check_answers="never"))
+    out, index, counts = [], [], Counter()
     for i, row in enumerate(rows):
-        converted = row_from_columns(row, pc, tcs, system_prompt=settings.ssft_system_prompt,
-                                     as_messages=settings.as_messages)
+        converted, dropped = row_from_columns(row, spec, i, verifier, name)
+        counts.update(dropped)
         if converted is not None:
             out.append(converted)
             index.append(i)
-    if len(out) < len(rows):
-        LOG.warning("%s: %d rows have no non-empty trace column and were dropped", name, len(rows) - len(out))
+    if counts or len(out) < len(rows):
+        LOG.warning("%s: traces dropped: %s; %d of %d rows kept (the others have no trace left)", name,
+                    format_counts(counts), len(out), len(rows))
     return out, index
 
 

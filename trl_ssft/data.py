@@ -11,7 +11,7 @@ Tokenized, a row becomes ``{"prompt_ids": [P], "trace_ids": [[L_1], ..., [L_M]]}
 ends with the end-of-turn (EOS) token. Tokenized rows do not depend on N or on the assignment mode:
 forking tokens are inserted when batches are built (see `set_loss.py`).
 
-Row checks and the M > N rule live in `checks.py` (re-exported here); other layouts in `converters.py`.
+Row checks and the M > N rule live in `checks.py` (re-exported here); other layouts in `traces/sources.py`.
 Both front ends end in `finalize_tokenized` (TRL: `prepare_ssft_dataset`; Axolotl:
 `axolotl_ssft.ssft.finalize_dataset`), so they check, count and print the same way.
 """
@@ -338,8 +338,8 @@ def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: 
         if "prompt" not in columns or "traces" not in columns:
             raise SSFTDataError(
                 None, "prompt/traces", f"the dataset has columns {columns}, not the ssft format.",
-                "give one row per question with 'prompt' and 'traces' (see trl_ssft.columns_to_ssft to "
-                "convert one-column-per-teacher layouts).", name,
+                "give one row per question with 'prompt' and 'traces' (`trl-ssft data build` converts "
+                "other layouts; see docs/data.md).", name,
             )
         rows = list(dataset) if is_list else dataset.to_list()
         for i, row in enumerate(rows):

@@ -237,6 +237,16 @@ def _mv_parse(s: str):
     return parse(f"${s}$") or parse(s)
 
 
+def reference_parses(s: str | None) -> bool:
+    """Whether math-verify reads `s` as a math expression (not only as raw text), as `answers_equal` parses it.
+
+    Needs ``math_verify``. ``\\frac{1}{2}``, ``x^2+1``, ``\\{1, 2\\}`` parse; ``\\sqrt{`` or ``???`` do not.
+    """
+    if s is None or not str(s).strip():
+        return False
+    return any(not isinstance(x, str) for x in _mv_parse(str(s)))
+
+
 def make_equal(use_math_verify: bool | None = None, choices: str | None = None) -> Callable[[str, str], bool]:
     """An equality function for `majority_vote` / metrics: option letters when `choices` is given
     (multiple choice), else `answers_equal` with the chosen `math_verify` setting."""
@@ -265,5 +275,5 @@ def extraction_name(pattern: str | None = None, mode: str = "boxed", choices: st
 __all__ = [
     "EXTRACT_MODES", "answers_equal", "equality_name", "extract_answer", "extract_boxed", "extract_choice",
     "extract_fallback", "extraction_name", "make_equal", "make_extract", "math_verify_available",
-    "normalize_answer", "normalize_choice", "strings_equal",
+    "normalize_answer", "normalize_choice", "reference_parses", "strings_equal",
 ]
