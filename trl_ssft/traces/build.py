@@ -36,7 +36,7 @@ import numpy as np
 
 from ..checks import SSFTDataError, validate_row
 from .select import SelectOptions, check_select, select_traces
-from .sources import SHAPES, SourceSpec, check_columns, read_candidates, required_columns, resolve_spec
+from .sources import SHAPES, SourceSpec, check_columns, required_columns, row_candidates, resolve_spec
 from .verify import Verifier, VerifyOptions, check_options, verify_question
 
 FILE_TEACHER = "__file_teacher__"
@@ -164,7 +164,7 @@ def _process(batch, source, spec: SourceSpec, vopts: VerifyOptions, sopts: Selec
     for rows in batch["rows"]:
         cands = []
         for r in rows:
-            cands += read_candidates({c: data[c][pos] for c in columns}, r, spec, dataset)
+            cands += row_candidates({c: data[c][pos] for c in columns}, r, spec, dataset)
             pos += 1
         row, stats = _one_question(cands, verifier, sopts, dataset, messages, spec.prompt_column)
         for k, v in row.items():

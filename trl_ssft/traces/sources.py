@@ -319,7 +319,7 @@ def check_columns(spec: SourceSpec, columns: Sequence[str], dataset: str = "sour
                             dataset)
 
 
-def read_candidates(row: dict, index: int, spec: SourceSpec, dataset: str = "source") -> list[Candidate]:
+def row_candidates(row: dict, index: int, spec: SourceSpec, dataset: str = "source") -> list[Candidate]:
     """The candidates of one source row, by its shape (`SHAPES`)."""
     return SHAPES[spec.shape].read(row, index, spec, dataset)
 
@@ -399,5 +399,5 @@ def format_counts(counts: Counter) -> str:
 
 
 __all__ = ["Candidate", "PRESETS", "SHAPES", "SourceSpec", "check_columns", "check_spec", "columns_to_ssft",
-           "detect_preset", "format_counts", "parse_grade", "read_candidates", "read_reference", "required_columns",
+           "detect_preset", "format_counts", "parse_grade", "row_candidates", "read_reference", "required_columns",
            "resolve_spec", "row_from_columns"]
