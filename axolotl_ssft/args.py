@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, create_model, model_validator
 
 from trl_ssft.config import SSFTFields, validate_ssft_fields
 from trl_ssft.gfpo.fields import GFPO_FIELD_NAMES, GFPOFields, gfpo_settings
+from trl_ssft.recipe_options import AXOLOTL, check_recipe
 
 # Dataset `type:` values that select the ssft strategy (the plugin rewrites the short name).
 SSFT_DATASET_TYPES = ("ssft", "axolotl_ssft.ssft")
@@ -45,7 +46,8 @@ AXOLOTL_ONLY_FIELDS: dict[str, tuple[Any, Any, str]] = {
     ),
 }
 
-# Options that break the one-question-per-row layout, with the reason shown to the user.
+# Packing options, refused until the padding-free set loss lands (issue 18 packing); every other rule about a
+# recipe option (refused, kept, not applied) lives in `trl_ssft.recipe_options.OPTIONS`.
 REFUSED_OPTIONS: dict[str, str] = {
     "sample_packing": "packing concatenates several rows into one sequence, but an SSFT row is one question "
     "whose traces are matched to forking tokens together. Set `sample_packing: false`.",
@@ -53,16 +55,6 @@ REFUSED_OPTIONS: dict[str, str] = {
     "question with all its traces. Set `eval_sample_packing: false`.",
     "batch_flattening": "flattening concatenates rows into one sequence; SSFT builds its own padded rows. "
     "Remove `batch_flattening`.",
-    "group_by_length": "SSFT rows have no `input_ids` length (a row is a prompt plus several traces). "
-    "Remove `group_by_length`.",
-    "streaming": "SSFT validates and tokenizes whole datasets (rows are checked before training, with errors "
-    "naming the row). Set `streaming: false` and use a map-style dataset.",
-    "pretraining_dataset": "pretraining datasets are streamed and packed into fixed-length chunks of raw "
-    "text, which breaks one-question-per-row. Use `datasets:` with `type: ssft`.",
-    "rl": "SSFT is supervised (NLL) training with its own trainer; it cannot be combined with `rl:` (for "
-    "GFPO, stage 2 on an SSFT model, set `rl: grpo` and `gfpo: true`).",
-    "reward_model": "SSFT trains a causal LM, not a reward model.",
-    "process_reward_model": "SSFT trains a causal LM, not a process reward model.",
 }
 
 
@@ -168,13 +160,7 @@ def check_ssft_config(cfg: dict) -> None:
     for key, why in REFUSED_OPTIONS.items():
         if cfg.get(key):
             raise ValueError(f"SSFT cannot run with `{key}: {cfg.get(key)!r}`: {why}")
-    for key in ("context_parallel_size", "sequence_parallel_degree"):
-        if (cfg.get(key) or 1) > 1:
-            raise ValueError(
-                f"SSFT cannot run with `{key}: {cfg.get(key)}`: context parallelism splits one sequence across "
-                "GPUs, but SSFT's matching pass scores N x M sequences per question on each GPU. Use data "
-                "parallelism (DDP, FSDP or DeepSpeed ZeRO) instead."
-            )
+    check_recipe(cfg, AXOLOTL)
     for split in ("datasets", "test_datasets"):
         for k, ds in enumerate(cfg.get(split) or []):
             t = _dataset_type(ds)

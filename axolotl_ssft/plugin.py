@@ -225,6 +225,11 @@ class SSFTPlugin(BasePlugin):
                 "`trainer_cls` chose the trainer class). Remove the conflicting setting."
             )
         trainer.setup_ssft_from_axolotl(cfg)
+        if trainer.is_world_process_zero():
+            from trl_ssft.recipe_options import AXOLOTL, recipe_lines
+
+            for line in recipe_lines(cfg, AXOLOTL):
+                print(line, flush=True)
         self._trainer = weakref.ref(trainer)
         self._summary_printed = False
 
