@@ -128,7 +128,8 @@ MODULE_KERNEL = "a module kernel: runs in every SSFT forward (matching pass and 
 LORA_KERNEL = ("fused LoRA autograd functions of the attention / MLP projections; the forking-token rows live on "
                "embed_tokens / lm_head (PEFT trainable tokens), which the patch leaves alone, and the kernels' "
                "backward returns the input gradient that reaches them")
-ONE_QUESTION = ("an SSFT row is one question whose traces are matched to forking tokens together")
+OFFLOAD = ("TRL's offloader wraps the whole training step, so the matching pass (no grad: nothing saved) and every "
+           "set-loss slice run under it (read from the code; it needs an accelerator, so not run on CPU)")
 CPU_TEST = "tests/unit/test_recipe_options.py"
 KERNEL_TEST = "tests/unit/test_recipe_kernels.py"
 E2E_TEST = "tests/e2e/test_recipes.py"
@@ -147,8 +148,10 @@ OPTIONS: tuple[RecipeOption, ...] = (
     RecipeOption("group_by_length", AXOLOTL, REFUSED, "SSFT rows have no `input_ids` length (a row is a prompt plus "
                  "several traces)", "tests/e2e/test_axolotl_plugin.py::test_refused_options_explain_why",
                  "Remove `group_by_length`."),
-    RecipeOption("group_by_length", TRL, REFUSED, "SSFT rows have no `input_ids` length (a row is a prompt plus "
-                 "several traces)", CPU_TEST, "Set group_by_length=False."),
+    RecipeOption("train_sampling_strategy", TRL, REFUSED, "'group_by_length': SSFT rows have no `input_ids` length "
+                 "(a row is a prompt plus several traces)", CPU_TEST, "Use 'random' or 'sequential'.",
+                 engaged=lambda cfg: get(cfg, "train_sampling_strategy") if get(cfg, "train_sampling_strategy") ==
+                 "group_by_length" else None),
     RecipeOption("streaming", AXOLOTL, REFUSED, "SSFT validates and tokenizes whole datasets (rows are checked "
                  "before training, with errors naming the row)", "tests/e2e/test_axolotl_plugin.py",
                  "Set `streaming: false` and use a map-style dataset."),
@@ -201,15 +204,12 @@ OPTIONS: tuple[RecipeOption, ...] = (
     RecipeOption("flash_attention", AXOLOTL, KEPT, "every SSFT forward uses the model's attention (the matching pass "
                  "shares each prompt through the key/value cache)", GPU),
     RecipeOption("gradient_checkpointing", AXOLOTL, KEPT, "the set loss's forward is checkpointed as in SFT "
-                 "(`offload` included)", "tests/e2e/test_axolotl_plugin.py"),
+                 "(`offload` also moves the checkpointed inputs to the CPU: CUDA only, read from the code)",
+                 f"true: tests/e2e/test_axolotl_plugin.py; offload: {GPU}"),
     RecipeOption("gradient_checkpointing", TRL, KEPT, "the set loss's forward is checkpointed as in SFT",
                  "tests/unit/test_training.py"),
-    RecipeOption("activation_offloading", AXOLOTL, KEPT, "wraps the training step, the matching pass and the set "
-                 "loss's slices included (CPU runs its bookkeeping only: CPU tensors are not offloaded)",
-                 f"{KERNEL_TEST}; offload itself: {GPU}"),
-    RecipeOption("activation_offloading", TRL, KEPT, "wraps the training step, the matching pass and the set loss's "
-                 "slices included (CPU runs its bookkeeping only: CPU tensors are not offloaded)",
-                 f"{KERNEL_TEST}; offload itself: {GPU}"),
+    RecipeOption("activation_offloading", AXOLOTL, KEPT, OFFLOAD, GPU),
+    RecipeOption("activation_offloading", TRL, KEPT, OFFLOAD, GPU),
     RecipeOption("lora_qkv_kernel", AXOLOTL, KEPT, LORA_KERNEL, f"{KERNEL_TEST} (runs on CPU); {GPU}"),
     RecipeOption("lora_o_kernel", AXOLOTL, KEPT, LORA_KERNEL, f"{KERNEL_TEST} (runs on CPU); {GPU}"),
     RecipeOption("lora_mlp_kernel", AXOLOTL, KEPT, LORA_KERNEL + " (Triton: read from the code, not run here)", GPU),
