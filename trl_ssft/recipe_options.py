@@ -78,11 +78,10 @@ def _above_one(key: str) -> Callable[[Any], Any]:
     return lambda cfg: get(cfg, key) if (get(cfg, key) or 1) > 1 else None
 
 
-def _plugin_or_key(plugin: str, key: str) -> Callable[[Any], Any]:
+def _plugin_on(plugin: str, key: str) -> Callable[[Any], Any]:
+    """A plugin's switch: on when the plugin is listed and `key` is not false (its schema defaults it to true)."""
     def engaged(cfg: Any) -> Any:
-        if get(cfg, key) is False:
-            return None
-        return get(cfg, key) or (True if plugin in (get(cfg, "plugins") or []) else None)
+        return True if plugin in (get(cfg, "plugins") or []) and get(cfg, key) is not False else None
     return engaged
 
 
@@ -237,7 +236,7 @@ OPTIONS: tuple[RecipeOption, ...] = (
     # not applied: accepted, the run says why at start
     RecipeOption("cut_cross_entropy", AXOLOTL, NOT_APPLIED, "Cut Cross Entropy: " + FUSED_NOT_USED,
                  f"{KERNEL_TEST} (the same forward shape, Liger's); CCE itself: {GPU}",
-                 engaged=_plugin_or_key(CCE_PLUGIN, "cut_cross_entropy")),
+                 engaged=_plugin_on(CCE_PLUGIN, "cut_cross_entropy")),
     RecipeOption("liger_fused_linear_cross_entropy", AXOLOTL, NOT_APPLIED, FUSED_NOT_USED,
                  f"{KERNEL_TEST} (patched forward without labels, CPU)"),
     RecipeOption("liger_kernel_config.fused_linear_cross_entropy", TRL, NOT_APPLIED, "use_liger_kernel's fused linear "
@@ -282,7 +281,9 @@ def _status(opt: RecipeOption) -> tuple[str, str]:
 
 
 def _shown(opt: RecipeOption, v: Any) -> str:
-    return opt.key if v is True else f"{opt.key}={v}"
+    if v is True or isinstance(v, (dict, list, tuple)):
+        return opt.key
+    return f"{opt.key}={getattr(v, 'value', v)}"  # enums (Axolotl's chat templates) by their value
 
 
 def recipe_lines(cfg: Any, front: str) -> list[str]:
