@@ -5,7 +5,8 @@ texts as `SSFTConfig`). Axolotl-only keys (column mapping of one-column-per-teac
 declared in `AXOLOTL_ONLY_FIELDS`.
 
 Axolotl merges this model into its own config model, so the validator below sees the whole config
-(a plain dict) and can refuse options that break "one question per row".
+(a plain dict) and can refuse options that break "one question per row" (the table of recipe options and
+their refusals: `trl_ssft.recipe_options`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Order of the hooks in one `axolotl train` run, and what each does here:
   rows (mean + noise) and work out the PEFT `trainable_token_indices`, which
   `get_lora_config_kwargs(cfg)` hands to the LoRA/QLoRA config.
 - `get_trainer_cls` / `get_collator_cls_and_kwargs` / `post_trainer_create`: the SSFT trainer and
-  collator, and `setup_ssft` on the trainer.
+  collator, `setup_ssft` on the trainer, and the start-of-run lines saying what SSFT does with the
+  recipe's options (`trl_ssft.recipe_options.recipe_lines`).
 
 A GFPO config (`rl: grpo`, `gfpo: true`; see `axolotl_ssft.gfpo`) skips every SSFT hook: `register` sets
 `trainer_cls` to the GFPO trainer and the default reward, `post_trainer_create` activates GFPO on it.

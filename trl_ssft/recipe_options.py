@@ -202,15 +202,17 @@ OPTIONS: tuple[RecipeOption, ...] = (
                  "pass shares each prompt through the key/value cache)", f"sdpa/eager: {E2E_TEST}; flash_attention_2: {GPU}"),
     RecipeOption("flash_attention", AXOLOTL, KEPT, "every SSFT forward uses the model's attention (the matching pass "
                  "shares each prompt through the key/value cache)", GPU),
-    RecipeOption("gradient_checkpointing", AXOLOTL, KEPT, "the set loss's forward is checkpointed as in SFT "
-                 "(`offload` also moves the checkpointed inputs to the CPU: CUDA only, read from the code)",
-                 f"true: tests/e2e/test_axolotl_plugin.py; offload: {GPU}"),
+    RecipeOption("gradient_checkpointing", AXOLOTL, KEPT, "the set loss's forward is checkpointed as in SFT; "
+                 "Axolotl turns `offload` into `activation_offloading` (next rows)",
+                 f"true: tests/e2e/test_axolotl_plugin.py; offload: {E2E_TEST} (normalised config)"),
     RecipeOption("gradient_checkpointing", TRL, KEPT, "the set loss's forward is checkpointed as in SFT",
                  "tests/unit/test_training.py"),
     RecipeOption("activation_offloading", AXOLOTL, KEPT, OFFLOAD, GPU),
     RecipeOption("activation_offloading", TRL, KEPT, OFFLOAD, GPU),
-    RecipeOption("lora_qkv_kernel", AXOLOTL, KEPT, LORA_KERNEL, f"{KERNEL_TEST} (runs on CPU); {GPU}"),
-    RecipeOption("lora_o_kernel", AXOLOTL, KEPT, LORA_KERNEL, f"{KERNEL_TEST} (runs on CPU); {GPU}"),
+    RecipeOption("lora_qkv_kernel", AXOLOTL, KEPT, LORA_KERNEL, f"{KERNEL_TEST} and {E2E_TEST} (plain torch: runs on "
+                 f"CPU); {GPU}"),
+    RecipeOption("lora_o_kernel", AXOLOTL, KEPT, LORA_KERNEL, f"{KERNEL_TEST} and {E2E_TEST} (plain torch: runs on "
+                 f"CPU); {GPU}"),
     RecipeOption("lora_mlp_kernel", AXOLOTL, KEPT, LORA_KERNEL + " (Triton: read from the code, not run here)", GPU),
     RecipeOption("lora_embedding_kernel", AXOLOTL, KEPT, "patches only an embedding that carries a LoRA adapter; the "
                  "forking rows' trainable-tokens wrapper is left as it is", KERNEL_TEST),
@@ -222,12 +224,13 @@ OPTIONS: tuple[RecipeOption, ...] = (
     RecipeOption("liger_cross_entropy", AXOLOTL, KEPT, LIGER_CE_USED, f"{KERNEL_TEST} (call path); kernel: {GPU}",
                  resolve=_resolve_liger_ce),
     RecipeOption("use_liger_kernel", TRL, KEPT, "Liger's module kernels (RoPE, RMSNorm, SwiGLU) run in every SSFT "
-                 "forward; for its fused loss see the next row", f"{KERNEL_TEST}; kernels: {GPU}"),
+                 "forward (the Trainer patches the model instance when training starts); for its fused loss see the "
+                 "last rows", f"{KERNEL_TEST} (the same instance patch, FLCE only); kernels: {GPU}"),
     RecipeOption("fsdp_config", AXOLOTL, KEPT, "FSDP / FSDP2: same forward calls on every rank, the chunked head's "
                  "recompute after the re-gather (README, 'many processes')", "tests/e2e/test_fsdp.py (fully_shard, 2 "
                  "CPU processes); accelerate's FSDP needs GPUs: validation in " + E2E_TEST),
     RecipeOption("fsdp", TRL, KEPT, "FSDP / FSDP2: same forward calls on every rank, the chunked head's recompute "
-                 "after the re-gather", "tests/e2e/test_fsdp.py"),
+                 "after the re-gather", "tests/e2e/test_fsdp.py (fully_shard, 2 CPU processes)"),
     RecipeOption("deepspeed", AXOLOTL, KEPT, "ZeRO 1-3: the set loss runs as one slice (the engine owns the backward); "
                  "ZeRO-3 with an adapter: see PEFT's trainable-token issues in docs/recipes.md",
                  f"validation: {E2E_TEST} (deepspeed is not installed here)"),

@@ -33,14 +33,16 @@ def test_every_axolotl_refusal_names_option_reason_and_fix(opt):
 def test_axolotl_start_lines():
     cfg = {"plugins": [ro.CCE_PLUGIN, ro.LIGER_PLUGIN, "axolotl_ssft.SSFTPlugin"], "liger_rms_norm": True,
            "liger_glu_activation": True, "liger_fused_linear_cross_entropy": True, "sequence_len": 4096,
-           "lora_qkv_kernel": True, "bf16": "auto", "chunked_cross_entropy": True, "train_on_inputs": False}
+           "lora_qkv_kernel": True, "bf16": "auto", "chunked_cross_entropy": True, "train_on_inputs": True,
+           "pad_to_sequence_len": True}
     lines = ro.recipe_lines(cfg, ro.AXOLOTL)
     assert lines[0].startswith("SSFT recipe options (axolotl): kept: ")
     for k in ("liger_rms_norm", "liger_glu_activation", "lora_qkv_kernel", "bf16=auto"):
         assert k in lines[0]
     assert "mapped: sequence_len=4096 (-> max_length of the SSFT rows" in lines[0]
     flagged = {line.split("`")[1].split(":")[0] for line in lines[1:]}
-    assert flagged == {"cut_cross_entropy", "liger_fused_linear_cross_entropy", "chunked_cross_entropy"}
+    assert flagged == {"cut_cross_entropy", "liger_fused_linear_cross_entropy", "chunked_cross_entropy",
+                       "train_on_inputs", "pad_to_sequence_len"}
     assert all(line.startswith("SSFT: `") and "does not apply to SSFT: " in line for line in lines[1:])
     assert "never passes labels" in next(line for line in lines if "cut_cross_entropy" in line)
     # the plugin listed with `cut_cross_entropy: false` turns it off: nothing to report
@@ -68,8 +70,11 @@ def test_trl_options_through_the_trainer(tiny_models, rows, tmp_path, capsys):
     assert "kept: " in out and "use_liger_kernel" in out
     assert "SSFT: `liger_kernel_config.fused_linear_cross_entropy: True` does not apply to SSFT: " in out
     assert "SSFT: `completion_only_loss: True` does not apply to SSFT: " in out
-    args = cpu_args(tmp_path, use_liger_kernel=True, liger_kernel_config={"fused_linear_cross_entropy": False})
-    assert not any("fused_linear" in x for x in ro.recipe_lines(args, ro.TRL))
+    args = cpu_args(tmp_path, use_liger_kernel=True, liger_kernel_config={"fused_linear_cross_entropy": False},
+                    assistant_only_loss=True)
+    lines = ro.recipe_lines(args, ro.TRL)
+    assert not any("fused_linear" in x for x in lines)
+    assert any(x.startswith("SSFT: `assistant_only_loss: True` does not apply") for x in lines)
 
 
 def test_docs_table_is_the_registry():
