@@ -63,8 +63,12 @@ def ensure_checkpoint(path: str, vocab: int, arch: dict | None = None) -> None:
                       rope_theta=1000000.0)
     torch.manual_seed(0)
     t0 = time.time()
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 7B: seconds on a GPU
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(path, max_shard_size="4GB")
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     tok.save_pretrained(path)
     print(f"checkpoint written to {path} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
