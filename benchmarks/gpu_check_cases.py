@@ -163,16 +163,17 @@ def _spy(module, name: str, calls: list):
         setattr(module, name, original)
 
 
-def _fused_case(ctx, patch, loss_module_name: str, loss_fn: str) -> dict:
-    """A patched copy against the plain model: same costs / loss, the fused loss never called by SSFT (but by a
-    labelled forward), no higher set-loss peak."""
+def _fused_case(ctx, patch, loss_fn: str) -> dict:
+    """A patched copy against the plain model (run first: some patches are module-wide): same costs / loss, the
+    fused loss never called by SSFT (but by a labelled forward), no higher set-loss peak. `patch(model)` returns
+    the module of the patched forward, where `loss_fn` lives."""
     ref_model, tok, ids = small_model(ctx)
     model = copy.deepcopy(ref_model)
-    module = patch(model)
     prompts, traces = questions(ctx, len(tok) - len(FORKS), seed=1)
     ref = ssft_passes(ref_model, ids, prompts, traces, grad=True)
+    module = patch(model)
     calls: list = []
-    with _spy(sys.modules[module or loss_module_name], loss_fn, calls):
+    with _spy(sys.modules[module], loss_fn, calls):
         got = ssft_passes(model, ids, prompts, traces, grad=True)
         assert not calls, f"{loss_fn} was called by SSFT's passes"
         if ctx.cuda:  # with labels the fused loss runs: the spy is live
@@ -189,7 +190,10 @@ def _fused_case(ctx, patch, loss_module_name: str, loss_fn: str) -> dict:
 def fused_losses(ctx) -> dict:
     """Liger (module kernels + FLCE; then the process-wide cross-entropy) and Cut Cross Entropy (decision: the
     fused losses are not used by SSFT, the module kernels are; trl_ssft/recipe_options.py)."""
+    from transformers.models.qwen2 import modeling_qwen2
+
     out, ran = {}, False
+    module_wide = dict(vars(modeling_qwen2))  # Liger's rope / class patches are module-wide: undone below
     if importlib_ok("liger_kernel"):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
@@ -198,7 +202,7 @@ def fused_losses(ctx) -> dict:
             _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=True, **kernels)
             return model.forward.__func__.__module__
 
-        out["liger_flce"] = _fused_case(ctx, liger, "", "LigerForCausalLMLoss")
+        out["liger_flce"] = _fused_case(ctx, liger, "LigerForCausalLMLoss")
         ran = True
         if ctx.cuda:
             out["liger_cross_entropy"] = _liger_ce(ctx)
@@ -207,10 +211,11 @@ def fused_losses(ctx) -> dict:
     if ctx.cuda and importlib_ok("cut_cross_entropy.transformers"):
         from cut_cross_entropy.transformers import cce_patch
 
-        out["cce"] = _fused_case(ctx, lambda m: cce_patch(m).forward.__func__.__module__, "", "apply_lce")
+        out["cce"] = _fused_case(ctx, lambda m: cce_patch(m).forward.__func__.__module__, "apply_lce")
         ran = True
     else:
         out["cce"] = "skip: " + ("Triton/CUDA only" if not ctx.cuda else "cut_cross_entropy not installed")
+    vars(modeling_qwen2).update(module_wide)
     if not ran:
         raise Skip(f"nothing to compose: {out}")
     return out
