@@ -6,7 +6,8 @@ adapted to `trl_ssft.traces.sources.row_from_columns`, help texts from `trl_ssft
 `AXOLOTL_ONLY_FIELDS`.
 
 Axolotl merges this model into its own config model, so the validator below sees the whole config
-(a plain dict) and can refuse options that break "one question per row".
+(a plain dict) and can refuse options that break "one question per row" (the table of recipe options and
+their refusals: `trl_ssft.recipe_options`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field, create_model, model_validator
 
 from trl_ssft.config import SSFTFields, validate_ssft_fields
 from trl_ssft.gfpo.fields import GFPO_FIELD_NAMES, GFPOFields, gfpo_settings
+from trl_ssft.recipe_options import AXOLOTL, check_recipe
 from trl_ssft.traces.sources import SourceSpec
 from trl_ssft.traces.verify import VerifyOptions
 
@@ -67,7 +69,8 @@ AXOLOTL_ONLY_FIELDS: dict[str, tuple[Any, Any, str]] = {
 COLUMN_KEYS = tuple(AXOLOTL_ONLY_FIELDS)  # the column mapping: part of the prepared-dataset cache key
 
 
-# Options that break the one-question-per-row layout, with the reason shown to the user.
+# Packing options, refused until the padding-free set loss lands (issue 18 packing); every other rule about a
+# recipe option (refused, kept, not applied) lives in `trl_ssft.recipe_options.OPTIONS`.
 REFUSED_OPTIONS: dict[str, str] = {
     "sample_packing": "packing concatenates several rows into one sequence, but an SSFT row is one question "
     "whose traces are matched to forking tokens together. Set `sample_packing: false`.",
@@ -75,16 +78,6 @@ REFUSED_OPTIONS: dict[str, str] = {
     "question with all its traces. Set `eval_sample_packing: false`.",
     "batch_flattening": "flattening concatenates rows into one sequence; SSFT builds its own padded rows. "
     "Remove `batch_flattening`.",
-    "group_by_length": "SSFT rows have no `input_ids` length (a row is a prompt plus several traces). "
-    "Remove `group_by_length`.",
-    "streaming": "SSFT validates and tokenizes whole datasets (rows are checked before training, with errors "
-    "naming the row). Set `streaming: false` and use a map-style dataset.",
-    "pretraining_dataset": "pretraining datasets are streamed and packed into fixed-length chunks of raw "
-    "text, which breaks one-question-per-row. Use `datasets:` with `type: ssft`.",
-    "rl": "SSFT is supervised (NLL) training with its own trainer; it cannot be combined with `rl:` (for "
-    "GFPO, stage 2 on an SSFT model, set `rl: grpo` and `gfpo: true`).",
-    "reward_model": "SSFT trains a causal LM, not a reward model.",
-    "process_reward_model": "SSFT trains a causal LM, not a process reward model.",
 }
 
 
@@ -190,13 +183,7 @@ def check_ssft_config(cfg: dict) -> None:
     for key, why in REFUSED_OPTIONS.items():
         if cfg.get(key):
             raise ValueError(f"SSFT cannot run with `{key}: {cfg.get(key)!r}`: {why}")
-    for key in ("context_parallel_size", "sequence_parallel_degree"):
-        if (cfg.get(key) or 1) > 1:
-            raise ValueError(
-                f"SSFT cannot run with `{key}: {cfg.get(key)}`: context parallelism splits one sequence across "
-                "GPUs, but SSFT's matching pass scores N x M sequences per question on each GPU. Use data "
-                "parallelism (DDP, FSDP or DeepSpeed ZeRO) instead."
-            )
+    check_recipe(cfg, AXOLOTL)
     for split in ("datasets", "test_datasets"):
         for k, ds in enumerate(cfg.get(split) or []):
             t = _dataset_type(ds)

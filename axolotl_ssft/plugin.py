@@ -13,7 +13,8 @@ Order of the hooks in one `axolotl train` run, and what each does here:
   rows (mean + noise) and work out the PEFT `trainable_token_indices`, which
   `get_lora_config_kwargs(cfg)` hands to the LoRA/QLoRA config.
 - `get_trainer_cls` / `get_collator_cls_and_kwargs` / `post_trainer_create`: the SSFT trainer and
-  collator, and `setup_ssft` on the trainer.
+  collator, `setup_ssft` on the trainer, and the start-of-run lines saying what SSFT does with the
+  recipe's options (`trl_ssft.recipe_options.recipe_lines`).
 
 A GFPO config (`rl: grpo`, `gfpo: true`; see `axolotl_ssft.gfpo`) skips every SSFT hook: `register` sets
 `trainer_cls` to the GFPO trainer and the default reward, `post_trainer_create` activates GFPO on it.
@@ -230,6 +231,11 @@ class SSFTPlugin(BasePlugin):
                 "`trainer_cls` chose the trainer class). Remove the conflicting setting."
             )
         trainer.setup_ssft_from_axolotl(cfg)
+        if trainer.is_world_process_zero():
+            from trl_ssft.recipe_options import AXOLOTL, recipe_lines
+
+            for line in recipe_lines(cfg, AXOLOTL):
+                print(line, flush=True)
         self._trainer = weakref.ref(trainer)
         self._summary_printed = False
 

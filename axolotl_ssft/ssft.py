@@ -156,7 +156,8 @@ def finalize_dataset(dataset, settings, fork_ids: list[int], fork_names: list[st
     Raises `SSFTDataError` (naming the source dataset, row and field) for a forking-token id inside a
     prompt or trace, and for M > N under `ssft_max_traces_policy: error` (not with `ssft_assignment: none`).
     Duplicates (`ssft_duplicate_traces`) and traces longer than `max_length - len(prompt) - 1`
-    (`ssft_long_traces`) are handled as configured; prints the same summary as the TRL front end.
+    (`ssft_long_traces`) are handled as configured; prints the same summary and trace-length line as the TRL
+    front end, and stops when more than `ssft_max_truncated_share` of the traces would lose their end token.
     Returns the dataset (the same object if nothing changed), or None for None.
     """
     if dataset is None:
@@ -170,6 +171,7 @@ def finalize_dataset(dataset, settings, fork_ids: list[int], fork_names: list[st
         max_traces_policy=settings.ssft_max_traces_policy, assignment=settings.ssft_assignment,
         duplicate_policy=settings.ssft_duplicate_traces, long_policy=settings.ssft_long_traces,
         max_length=max_length, name=split, fields=("prompt", "traces"),
+        max_truncated_share=settings.ssft_max_truncated_share,
     )
     return out
 

@@ -49,21 +49,26 @@ GiB = 2**30
 PROMPT = 200
 
 
-def ensure_checkpoint(path: str, vocab: int) -> None:
-    """Random-weight Qwen2.5-7B-shaped checkpoint (bf16) and its word-level tokenizer at `path`, once."""
+def ensure_checkpoint(path: str, vocab: int, arch: dict | None = None) -> None:
+    """Random-weight checkpoint (bf16; Qwen2.5-7B's shape unless `arch` gives others) and its word-level
+    tokenizer at `path`, once."""
     if os.path.exists(os.path.join(path, "config.json")):
         return
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     tok = build_tokenizer(vocab)
-    cfg = Qwen2Config(**ARCHS["qwen2.5-7b"], tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+    cfg = Qwen2Config(**(arch or ARCHS["qwen2.5-7b"]), tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
                       eos_token_id=tok.eos_token_id, bos_token_id=None, max_position_embeddings=32768,
                       rope_theta=1000000.0)
     torch.manual_seed(0)
     t0 = time.time()
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 7B: seconds on a GPU
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(path, max_shard_size="4GB")
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     tok.save_pretrained(path)
     print(f"checkpoint written to {path} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
@@ -74,14 +79,16 @@ def run_case(spec: dict) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    total = torch.cuda.get_device_properties(0).total_memory
+    cuda = spec.get("device", "cuda") == "cuda"  # "cpu": the same code on a tiny checkpoint (gpu_check --dry-run)
+    total = torch.cuda.get_device_properties(0).total_memory if cuda else 0
     cap = spec["cap_gb"] * 1e9
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), 0)
+    if cuda:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), 0)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
     path = spec["path"]
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16,
-                                                 device_map={"": 0}, attn_implementation=spec["attn"])
+                                                 device_map={"": 0 if cuda else "cpu"}, attn_implementation=spec["attn"])
     tok = build_tokenizer(model.config.vocab_size)  # in-process (a saved word-level `qwen2` tokenizer may reload as BPE)
     lora = LoraConfig(r=32, lora_alpha=16, lora_dropout=0.05, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -92,7 +99,7 @@ def run_case(spec: dict) -> dict:
         return torch.randint(4, V, (n,), generator=g).tolist()
 
     prompt, traces = ids(PROMPT), [ids(L) for _ in range(M)]
-    common = dict(output_dir=os.path.join(spec["work_dir"], "out"), report_to=[], bf16=True,
+    common = dict(output_dir=os.path.join(spec["work_dir"], "out"), report_to=[], bf16=cuda, use_cpu=not cuda,
                   per_device_train_batch_size=1, save_strategy="no", disable_tqdm=True, seed=0,
                   max_length=PROMPT + 1 + L, gradient_checkpointing=True, optim=spec["optim"])
     if spec["case"] == "sft":
@@ -104,37 +111,40 @@ def run_case(spec: dict) -> dict:
     else:
         from trl_ssft import SSFTConfig, SSFTTrainer
 
-        cfg = SSFTConfig(**common, ssft_num_fork_tokens=6, ssft_match_tokens=512, ssft_assignment=spec["case"],
-                         **spec.get("ssft", {}))
+        cfg = SSFTConfig(**common, ssft_num_fork_tokens=6, ssft_assignment=spec["case"],
+                         **{"ssft_match_tokens": 512, **spec.get("ssft", {})})
         ds = Dataset.from_list([{"prompt_ids": prompt, "trace_ids": traces}])
         trainer = SSFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
     model = trainer.model
     model.train()
     batch = trainer.data_collator([trainer.train_dataset[0]])
     inputs = trainer._prepare_inputs(batch)
+    dev = "cuda" if cuda else "cpu"
     if "ssft_num_loss_tokens" in batch:
-        num_items = torch.tensor(int(batch["ssft_num_loss_tokens"].sum()), device="cuda")
+        num_items = torch.tensor(int(batch["ssft_num_loss_tokens"].sum()), device=dev)
     else:
-        num_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()), device="cuda")
+        num_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()), device=dev)
     trainer.create_optimizer()
     opt = trainer.optimizer
-    out = dict(spec=spec, device=torch.cuda.get_device_name(0), total_gb=total / 1e9,
+    out = dict(spec=spec, device=torch.cuda.get_device_name(0) if cuda else "cpu", total_gb=total / 1e9,
                trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
     times, peaks = [], []
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    stat = (lambda f: f()) if cuda else (lambda f: 0)
     try:
         for k in range(1 + spec["steps"]):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
+            sync()
+            stat(torch.cuda.reset_peak_memory_stats)
+            before = stat(torch.cuda.memory_allocated)
             t0 = time.perf_counter()
             trainer.training_step(model, inputs, num_items)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            sync()
             if k:
                 times.append(time.perf_counter() - t0)
-                peaks.append(dict(max_allocated=torch.cuda.max_memory_allocated(), before=before,
-                                  max_reserved=torch.cuda.max_memory_reserved()))
+                peaks.append(dict(max_allocated=stat(torch.cuda.max_memory_allocated), before=before,
+                                  max_reserved=stat(torch.cuda.max_memory_reserved)))
     except torch.OutOfMemoryError as e:
         out["error"] = f"OOM under {spec['cap_gb']} GB: {str(e)[:300]}"
         return out

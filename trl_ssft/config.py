@@ -18,7 +18,8 @@ class SSFTConfig(SSFTFields, SFTConfig):
     `remove_unused_columns=False` (the trainer keeps its own columns).
     """
 
-    loss_type: str = field(default="nll", metadata={"help": "Must be `nll` for SSFT."})
+    loss_type: str = field(default="nll", metadata={"help": "`nll` (SSFT's set loss); `chunked_nll` is mapped to "
+                                                            "it (SSFT's own chunked output head)."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "SSFT keeps its tokenized columns; leave this off."}
     )

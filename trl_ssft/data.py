@@ -52,6 +52,8 @@ class DataReport:
     dropped_rows: int = 0
     subsampled_rows: int = 0
     traces_per_row: Counter = field(default_factory=Counter)
+    lengths: dict = field(default_factory=dict)  # `row_kernels.length_stats`, before the policies
+    max_length: int | None = None
 
     def summary(self) -> str:
         m, rows = self.traces_per_row, sum(self.traces_per_row.values())
@@ -65,10 +67,41 @@ class DataReport:
             f"{self.subsampled_rows} rows with more traces than forking tokens (subsampled each step)"
         )
 
+    def lengths_line(self) -> str:
+        """The trace-length distribution next to max_length (before truncation or dropping)."""
+        n = self.lengths
+        if not n:
+            return ""
+        limit = "no max_length" if self.max_length is None else (
+            f"max_length {self.max_length}: {n['too_long']} of {n['traces']} traces "
+            f"({n['too_long'] / max(1, n['traces']):.1%}) do not fit")
+        return (f"SSFT trace lengths ({self.dataset}, tokens with the end token): p50 {n['trace_p50']}, p90 "
+                f"{n['trace_p90']}, max {n['trace_max']}; prompt + forking token + trace: p90 {n['row_p90']}, max "
+                f"{n['row_max']}; {limit}")
+
     def emit(self, duplicate_policy: str) -> None:
-        """Print the summary; warn about kept duplicates (``ssft_duplicate_traces: warn``)."""
+        """Print the summary and the length line; warn about kept duplicates (``ssft_duplicate_traces: warn``)."""
         print(self.summary(), flush=True)
+        if self.lengths:
+            print(self.lengths_line(), flush=True)
         self.warn_duplicates(duplicate_policy)
+
+    def check_truncation(self, max_share: float) -> None:
+        """Stop when more than `max_share` of the traces lost their end token to truncation (`SSFTDataError`)."""
+        kept = max(1, self.traces)
+        if self.truncated / kept <= max_share:
+            return
+        n = self.lengths
+        fits = f"{n.get('row_max')} (fits every trace)"
+        if n.get("row_p90") != n.get("row_max"):
+            fits = f"{n.get('row_p90')} (fits 90 % of the traces) or " + fits
+        raise SSFTDataError(
+            None, "traces", f"{self.truncated} of {self.traces} traces ({self.truncated / kept:.1%}) are longer than "
+            f"max_length={self.max_length} allows after their prompt and forking token, and would lose their end "
+            f"token; more than ssft_max_truncated_share={max_share:g}. Trace lengths (tokens): p50 "
+            f"{n.get('trace_p50')}, p90 {n.get('trace_p90')}, max {n.get('trace_max')}.",
+            f"raise max_length (Axolotl: sequence_len) to {fits}, or set ssft_long_traces: drop, or accept the "
+            "truncation with a higher ssft_max_truncated_share (1.0 accepts any).", self.dataset)
 
     def warn_duplicates(self, duplicate_policy: str) -> None:
         if self.duplicates and duplicate_policy == "warn":
@@ -213,6 +246,7 @@ def finalize_tokenized(
     name: str = "train",
     fields: tuple[str, str] = TOKENIZED_COLUMNS,
     num_proc: int | None = None,
+    max_truncated_share: float = 0.1,
 ):
     """Check tokenized rows against this run (N, vocabulary, forking ids, max_length); apply the policies.
 
@@ -223,8 +257,10 @@ def finalize_tokenized(
     default `row_kernels.num_proc`: several only for a memory-mapped dataset above 50k rows). Raises
     `SSFTDataError` naming dataset, row and field (`fields`: the names errors give the two columns) for
     a bad or forking-token id, M > N under ``error`` (`check_max_traces`), or a prompt that leaves no
-    room within `max_length`. Prints the `DataReport` summary (and the duplicate warning). Returns ``(dataset, report)``: the input itself
-    when no trace changed, else the rows with traces left, truncated or dropped as configured.
+    room within `max_length`. Prints the `DataReport` summary, the trace-length distribution next to
+    `max_length` (and the duplicate warning); raises `SSFTDataError` when more than `max_truncated_share` of the
+    traces lose their end token to truncation (`DataReport.check_truncation`). Returns ``(dataset, report)``: the
+    input itself when no trace changed, else the rows with traces left, truncated or dropped as configured.
     """
     import numpy as np
 
@@ -236,7 +272,10 @@ def finalize_tokenized(
     dataset = _as_id_dataset(dataset, opts)
     out, stats = rk.run(dataset, opts, raise_row_error, num_proc)
     report = _report(stats, name, num_fork_tokens, assignment)
+    report.lengths, report.max_length = rk.length_stats(dataset, max_length), max_length
     report.emit(duplicate_policy)
+    if long_policy == "truncate":
+        report.check_truncation(max_truncated_share)
     if not report.rows:
         raise SSFTDataError(None, fields[1], "no usable row is left after the trace policies.",
                             "check ssft_long_traces / ssft_duplicate_traces and max_length (Axolotl: sequence_len).",
@@ -357,5 +396,6 @@ def prepare_ssft_dataset(dataset, tokenizer, cfg, max_length: int | None, name: 
         dataset, fork_ids=[i for i, _ in known], fork_names=[t for _, t in known], num_fork_tokens=n,
         max_traces_policy=policy, assignment=assignment, duplicate_policy=cfg.ssft_duplicate_traces,
         long_policy=cfg.ssft_long_traces, max_length=max_length, vocab_size=len(tokenizer), name=name, fields=fields,
+        max_truncated_share=cfg.ssft_max_truncated_share,
     )
     return out.select_columns(list(TOKENIZED_COLUMNS))

@@ -95,6 +95,13 @@ class SSFTFields:
         "A trace that does not fit `max_length` after its prompt and forking token: `truncate` it (its "
         "end token is lost) or `drop` it. Counted and reported before training.",
     )
+    ssft_max_truncated_share: float = option(
+        0.1,
+        "Largest share of traces that may lose their end token to truncation (`ssft_long_traces: truncate`, traces "
+        "longer than `max_length` after their prompt and forking token). Above it the run stops before training "
+        "with the trace-length distribution and the fixes: raise `max_length` (Axolotl: `sequence_len`), set "
+        "`ssft_long_traces: drop`, or accept the truncation by raising this share (1.0 accepts any).",
+    )
     ssft_seed: int | None = option(
         None,
         "Seed of the `random` assignment and of trace subsampling (default: the training seed). A "
@@ -147,6 +154,9 @@ def validate_ssft_fields(cfg) -> None:
         )
     if cfg.ssft_long_traces not in LONG_TRACE_POLICIES:
         raise ValueError(f"ssft_long_traces must be one of {LONG_TRACE_POLICIES}, got {cfg.ssft_long_traces!r}")
+    share = getattr(cfg, "ssft_max_truncated_share", 0.1)
+    if not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"ssft_max_truncated_share must be a number in [0, 1], got {share!r}")
     if cfg.ssft_match_max_tokens < 1:
         raise ValueError(f"ssft_match_max_tokens must be >= 1, got {cfg.ssft_match_max_tokens!r}")
     mem = getattr(cfg, "ssft_match_max_memory_mb", None)

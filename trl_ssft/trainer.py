@@ -11,6 +11,7 @@ from .config import SSFTConfig, fork_token_names
 from .data import TOKENIZED_COLUMNS, prepare_ssft_dataset
 from .layout import tokenize_layout
 from .checkpointing import AtomicCheckpointMixin
+from .recipe_options import TRL, check_recipe, recipe_lines
 from .set_loss import SSFTLossMixin
 from .tokens import add_trainable_tokens_to_peft_config, pad_token_id, prepare_fork_tokens
 
@@ -65,8 +66,10 @@ class SSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, SFTTrainer):
             raise TypeError(f"args must be an SSFTConfig, got {type(args).__name__}")
         if args.packing or getattr(args, "padding_free", False):
             raise ValueError("SSFT needs one question per row: packing and padding_free are not supported")
-        if args.loss_type != "nll":
-            raise ValueError(f"SSFT computes its own NLL set loss; loss_type must be 'nll', got {args.loss_type!r}")
+        check_recipe(args, TRL)
+        recipe_report = recipe_lines(args, TRL)
+        if args.loss_type == "chunked_nll":  # mapped: SSFT's own chunked head (TRL's would patch the forward)
+            args.loss_type = "nll"
         if isinstance(model, str):
             model, tok = load_model_and_tokenizer(model, args, quantization_config)
             processing_class = processing_class or tok
@@ -98,6 +101,9 @@ class SSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, SFTTrainer):
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)
         self.setup_ssft(args, ids, names, pad_id)
+        if self.is_world_process_zero():
+            for line in recipe_report:
+                print(line, flush=True)
 
     def _prepare_list(self, rows, processing_class, args, name):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)

@@ -416,7 +416,9 @@ def test_trace_policies_apply_to_cached_rows(load, assets, tmp_path):
     rows = _rows(assets["tied"]["train"])
     rows[0]["traces"].append(rows[0]["traces"][0])  # one duplicate -> M = 5
     rows[0]["trace_sources"].append(rows[0]["trace_sources"][0])
-    kw = dict(data_rows=rows, sequence_len=70, shuffle_merged_datasets=False, ssft_max_traces_policy="subsample")
+    # every row's long trace is cut at sequence_len 70 (8 of 33 traces): accepted explicitly, the mechanics are tested
+    kw = dict(data_rows=rows, sequence_len=70, shuffle_merged_datasets=False, ssft_max_traces_policy="subsample",
+              ssft_max_truncated_share=1.0)
     trunc = _datasets(load(**kw)).train_dataset
     prepared = _prepared(tmp_path)
     dropped = _datasets(load(ssft_long_traces="drop", ssft_duplicate_traces="drop", **kw)).train_dataset

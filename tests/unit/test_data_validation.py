@@ -126,7 +126,9 @@ def test_long_traces_truncate_or_drop_counted(tok, tmp_path, capsys):
     long = " ".join(["11 + 22 = 33"] * 40)
     rows = [row(traces=["short", long]), row(traces=[long])]
     p_len = len(tok.apply_chat_template(Q, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
-    out = prepare(rows, tok, tmp_path, max_length=64)
+    with pytest.raises(SSFTDataError, match=r"2 of 3 traces \(66.7%\) are longer than max_length=64"):
+        prepare(rows, tok, tmp_path, max_length=64)  # over ssft_max_truncated_share (tests/unit/test_long_traces.py)
+    out = prepare(rows, tok, tmp_path, max_length=64, ssft_max_truncated_share=1.0)  # the explicit opt-in
     room = 64 - p_len - 1
     assert [len(t) for t in out[0]["trace_ids"]][1] == room and len(out[1]["trace_ids"][0]) == room
     assert "2 traces truncated to max_length" in capsys.readouterr().out

@@ -107,11 +107,12 @@ def test_batched_policies_match_the_row_by_row_reference(seed):
         with pytest.raises(SSFTDataError, match="no usable row"):
             finalize_tokenized(Dataset.from_list(rows), fork_ids=[], fork_names=[], num_fork_tokens=None,
                                max_traces_policy="error", assignment="hungarian", duplicate_policy=dup,
-                               long_policy=long, max_length=max_length)
+                               long_policy=long, max_length=max_length, max_truncated_share=1.0)
         return
     out, report = finalize_tokenized(
         Dataset.from_list(rows), fork_ids=[], fork_names=[], num_fork_tokens=None, max_traces_policy="error",
-        assignment="hungarian", duplicate_policy=dup, long_policy=long, max_length=max_length, num_proc=1)
+        assignment="hungarian", duplicate_policy=dup, long_policy=long, max_length=max_length, num_proc=1,
+        max_truncated_share=1.0)  # the policies' mechanics; the share rule: tests/unit/test_long_traces.py
     assert out.to_list() == want
     for k in ("rows", "traces", "truncated", "dropped_long", "duplicates", "dropped_duplicates", "dropped_rows"):
         assert getattr(report, k) == getattr(ref, k), k
@@ -171,8 +172,9 @@ def test_source_rows_and_processes(tok):
     rows[2500]["trace_ids"][0].pop()
     rows[5]["trace_ids"].append(list(rows[5]["trace_ids"][0]))  # M = 3 > N = 2, and a duplicate
     ds = Dataset.from_list(rows)
-    one, r1 = finalize_tokenized(ds, num_proc=1, **dict(kw, max_traces_policy="subsample", max_length=6))
-    two, r2 = finalize_tokenized(ds, num_proc=2, **dict(kw, max_traces_policy="subsample", max_length=6))
+    kw = dict(kw, max_traces_policy="subsample", max_length=6, max_truncated_share=1.0)  # every trace truncated
+    one, r1 = finalize_tokenized(ds, num_proc=1, **kw)
+    two, r2 = finalize_tokenized(ds, num_proc=2, **kw)
     assert r1.summary() == r2.summary() and one["trace_ids"] == two["trace_ids"]
     assert r1.subsampled_rows == 1 and r1.duplicates == 1 and r1.truncated == 3000
 

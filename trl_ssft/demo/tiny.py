@@ -70,11 +70,11 @@ def build_tiny_model(
     max_position_embeddings: int = 2048,
     seed: int = 0,
 ):
-    """A randomly initialised causal LM sized to `tokenizer` (arch: ``qwen2`` or ``llama``)."""
+    """A randomly initialised causal LM sized to `tokenizer` (arch: ``qwen2``, ``qwen3`` or ``llama``)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
-    cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
+    cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}[arch]
     config = cls(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
