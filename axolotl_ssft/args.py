@@ -45,14 +45,9 @@ AXOLOTL_ONLY_FIELDS: dict[str, tuple[Any, Any, str]] = {
     ),
 }
 
-# Options that break the one-question-per-row layout, with the reason shown to the user.
+# Options that break the one-question-per-row layout, with the reason shown to the user. (Packing options are
+# mapped, not refused: `packing.map_packing_options`.)
 REFUSED_OPTIONS: dict[str, str] = {
-    "sample_packing": "packing concatenates several rows into one sequence, but an SSFT row is one question "
-    "whose traces are matched to forking tokens together. Set `sample_packing: false`.",
-    "eval_sample_packing": "packing concatenates several rows into one sequence, but an SSFT row is one "
-    "question with all its traces. Set `eval_sample_packing: false`.",
-    "batch_flattening": "flattening concatenates rows into one sequence; SSFT builds its own padded rows. "
-    "Remove `batch_flattening`.",
     "group_by_length": "SSFT rows have no `input_ids` length (a row is a prompt plus several traces). "
     "Remove `group_by_length`.",
     "streaming": "SSFT validates and tokenizes whole datasets (rows are checked before training, with errors "

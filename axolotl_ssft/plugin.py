@@ -3,7 +3,8 @@
 Order of the hooks in one `axolotl train` run, and what each does here:
 
 - `register(cfg)` (raw YAML, before validation): check the plugin's own imports, rewrite
-  `type: ssft` to this package's strategy, add the forking tokens to
+  `type: ssft` to this package's strategy, map the packing options to the padding-free set loss and turn
+  Axolotl's own packing off (`packing.py`), add the forking tokens to
   `special_tokens.additional_special_tokens` (so every tokenizer Axolotl loads has them, and the saved
   one too), stamp the column mapping into the dataset cache key.
 - `get_input_args()`: `SSFTArgs`, whose validator refuses what cannot work.
@@ -13,7 +14,7 @@ Order of the hooks in one `axolotl train` run, and what each does here:
   rows (mean + noise) and work out the PEFT `trainable_token_indices`, which
   `get_lora_config_kwargs(cfg)` hands to the LoRA/QLoRA config.
 - `get_trainer_cls` / `get_collator_cls_and_kwargs` / `post_trainer_create`: the SSFT trainer and
-  collator, and `setup_ssft` on the trainer.
+  collator, and `setup_ssft` on the trainer (which prints the one line saying what packing does).
 
 A GFPO config (`rl: grpo`, `gfpo: true`; see `axolotl_ssft.gfpo`) skips every SSFT hook: `register` sets
 `trainer_cls` to the GFPO trainer and the default reward, `post_trainer_create` activates GFPO on it.
@@ -31,6 +32,7 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 
 from .args import SSFT_DATASET_TYPES, SSFT_STRATEGY, WHOLE_TRACE, gfpo_requested, ssft_settings
+from .packing import map_packing_options
 
 LOG = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class SSFTPlugin(BasePlugin):
         self._fork_ids: list[int] | None = None
         self._trainer = None
         self._summary_printed = False
+        self._packing: tuple[str, tuple[str, ...]] = ("", ())
 
     # ------------------------------------------------------------ config
     def register(self, cfg: dict) -> None:
@@ -104,6 +107,7 @@ class SSFTPlugin(BasePlugin):
                 if isinstance(ds, dict) and ds.get("type") == SSFT_STRATEGY and stamp:
                     # The prepared-dataset cache key ignores plugin keys; `input_format` is hashed and unused.
                     ds["input_format"] = stamp
+        self._packing = map_packing_options(cfg)
         settings = ssft_settings(cfg)
         validate_ssft_fields(settings)
         names = fork_names(cfg)
@@ -224,7 +228,7 @@ class SSFTPlugin(BasePlugin):
                 f"SSFT needs its own trainer, but Axolotl built {type(trainer).__name__} (another plugin or "
                 "`trainer_cls` chose the trainer class). Remove the conflicting setting."
             )
-        trainer.setup_ssft_from_axolotl(cfg)
+        trainer.setup_ssft_from_axolotl(cfg, *self._packing)
         self._trainer = weakref.ref(trainer)
         self._summary_printed = False
 
