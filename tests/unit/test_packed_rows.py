@@ -192,21 +192,23 @@ def test_config_maps_trl_packing_to_padding_free_rows(tmp_path, flags, request_t
     assert "ssft_packing_request" not in args.to_dict()
 
 
-@pytest.mark.parametrize("flag", ["padding_free", "packing"])
-def test_trainer_trains_padding_free(tiny_models, tmp_path, capsys, flag):
-    """SSFTTrainer with TRL's flag trains on packed rows (no padding fed), announces it, and logs the padded
-    run's step-1 loss and grad norm."""
+def test_trainer_trains_padding_free(tiny_models, tmp_path, capsys):
+    """SSFTTrainer with TRL's `padding_free=True` or `packing=True` trains on packed rows (no padding fed),
+    announces it, and logs the padded run's step-1 loss and grad norm."""
     rows = make_rows(4, seed=5)
     logs = {}
-    for name, kw in (("padded", {}), ("packed", {flag: True})):
+    for name, kw in (("padded", {}), ("padding_free", {"padding_free": True}), ("packing", {"packing": True})):
         args = cpu_args(tmp_path / name, max_steps=1, ssft_num_fork_tokens=4, ssft_loss_slice_tokens=4096,
                         per_device_train_batch_size=4, model_init_kwargs={"attn_implementation": "sdpa"}, **kw)
         trainer = SSFTTrainer(model=tiny_models["tied"], args=args, train_dataset=Dataset.from_list(rows))
         trainer.train()
         logs[name] = (next(h for h in trainer.state.log_history if "loss" in h), dict(trainer.ssft_loss_layout))
     out = capsys.readouterr().out
-    assert f"SSFT packing ({flag}=True" in out and "padding-free" in out and "sdpa with transformers'" in out
-    (padded, pad_layout), (packed, pack_layout) = logs["padded"], logs["packed"]
-    assert pack_layout["fed"] == pack_layout["tokens"] < pad_layout["fed"]
-    assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
-    assert packed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4)
+    padded, pad_layout = logs.pop("padded")
+    for flag, (packed, pack_layout) in logs.items():
+        assert f"SSFT packing ({flag}=True" in out
+        assert pack_layout["fed"] == pack_layout["tokens"] < pad_layout["fed"]
+        assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+        assert packed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4)
+    assert "the set loss runs padding-free" in out and "sdpa with transformers'" in out
+    assert "SSFT packing: first micro-batch: 16 matched rows" in out
