@@ -223,10 +223,12 @@ def table(res: dict) -> str:
         diff = f"{v['loss_rel_diff']:.1e}" if v["loss_rel_diff"] is not None else ""
         lines.append(f"| {v['budget']} | {v['layout']} | {v['forwards']} | {v['tokens']} | {v['fed']} | "
                      f"{100 * v['padding_share']:.1f} % | {v['attention_pairs'] / 1e6:.0f} M "
-                     f"({v['attention_pairs_rows_only'] / 1e6:.0f} M) | {v['seconds']:.1f} | {v['tokens_per_s']:.0f} | {ratio} | {diff} |")
+                     f"({v['attention_pairs_rows_only'] / 1e6:.0f} M) | {v['seconds']:.1f} | {v['tokens_per_s']:.0f} | "
+                     f"{ratio} | {diff} |")
     m = res["matching_pass"]
     lines.append(f"\nMatching pass (unchanged by packing; plan at T = {res['args']['match_tokens']}, prompts shared: "
-                 f"{m['shared_prompt']}): {m['tokens']} tokens, {m['fed']} fed, padding {100 * m['padding_share']:.1f} %; "
+                 f"{m['shared_prompt']}): {m['tokens']} tokens, {m['fed']} fed, "
+                 f"padding {100 * m['padding_share']:.1f} %; "
                  f"packed without the shared prompt it would feed {m['packed_unshared_tokens']} tokens")
     return "\n".join(lines)
 

@@ -27,7 +27,8 @@ Segments stay apart through the attention kernel, chosen per attention implement
   left the model's default key/value cache on, which turns the detection off; the set loss passes
   ``use_cache=False``.)
 - anything else (``flex_attention``: it crashed on CPU; custom kernels) is refused, as are models whose
-  layers are not all attention (linear attention / state-space layers carry state across segments), or
+  layers are not all full or sliding-window attention (linear attention / state-space layers carry state
+  across segments; chunked attention counts chunks from the start of the packed row), or
   whose modeling code does not build its masks with transformers' masking utilities.
 
 The matching pass (`scoring.py`) stays padded on purpose: it computes each question's prompt once and
@@ -92,8 +93,7 @@ def _text_config(model):
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     model = getattr(model, "module", model)  # DDP
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-    return inner
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
 
 
 def packed_attention(model: torch.nn.Module) -> str:
@@ -120,9 +120,10 @@ def packed_attention(model: torch.nn.Module) -> str:
     other = sorted({str(t) for t in types} - set(_ATTENTION_LAYERS))
     if getattr(cfg, "is_encoder_decoder", False) or other:
         raise ValueError(
-            f"SSFT's padding-free set loss needs a decoder whose layers are all attention; {type(base).__name__} has "
-            f"{other or 'an encoder-decoder layout'} (state would flow from one packed row to the next). {fix[0].upper()}"
-            f"{fix[1:]}.")
+            f"SSFT's padding-free set loss needs a decoder whose layers are all full or sliding-window attention; "
+            f"{type(base).__name__} has {other or 'an encoder-decoder layout'} (recurrent state or chunk boundaries "
+            "would cross from one packed row into the next). "
+            f"{fix[0].upper()}{fix[1:]}.")
     module = sys.modules.get(type(base).__module__)
     if kind != "flash" and not hasattr(module, "create_causal_mask"):
         raise ValueError(

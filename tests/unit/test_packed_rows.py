@@ -75,7 +75,8 @@ def test_transformers_packed_masks_isolate_segments(impl, sliding):
 
 def _trainer(path, tmp_path, impl, lora=False, **kw):
     rows = make_rows(4, seed=3, modes=MODES[:4])
-    rows[1]["traces"], rows[1]["trace_sources"] = rows[1]["traces"][:2], rows[1]["trace_sources"][:2]  # uneven M, and lengths that differ across questions
+    # uneven M, and lengths that differ across questions
+    rows[1]["traces"], rows[1]["trace_sources"] = rows[1]["traces"][:2], rows[1]["trace_sources"][:2]
     rows[2]["traces"][0] = rows[2]["traces"][0] + " and then" * 9
     peft = None
     if lora:
@@ -169,7 +170,7 @@ def test_what_cannot_be_exact_is_refused(tiny_models, tmp_path):
         packed_attention(_config_model("flex_attention"))
     model = _config_model("sdpa")
     model.config.layer_types = ["full_attention", "linear_attention"]
-    with pytest.raises(ValueError, match=r"layers are all attention.*linear_attention"):
+    with pytest.raises(ValueError, match=r"layers are all full or sliding-window attention.*linear_attention"):
         packed_attention(model)
     with pytest.raises(ValueError, match=r"packing=True.*asks for packed rows but ssft_padding_free is false"):
         cpu_args(tmp_path, packing=True, ssft_padding_free=False)
