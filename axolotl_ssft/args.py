@@ -69,16 +69,8 @@ AXOLOTL_ONLY_FIELDS: dict[str, tuple[Any, Any, str]] = {
 COLUMN_KEYS = tuple(AXOLOTL_ONLY_FIELDS)  # the column mapping: part of the prepared-dataset cache key
 
 
-# Packing options, refused until the padding-free set loss lands (issue 18 packing); every other rule about a
-# recipe option (refused, kept, not applied) lives in `trl_ssft.recipe_options.OPTIONS`.
-REFUSED_OPTIONS: dict[str, str] = {
-    "sample_packing": "packing concatenates several rows into one sequence, but an SSFT row is one question "
-    "whose traces are matched to forking tokens together. Set `sample_packing: false`.",
-    "eval_sample_packing": "packing concatenates several rows into one sequence, but an SSFT row is one "
-    "question with all its traces. Set `eval_sample_packing: false`.",
-    "batch_flattening": "flattening concatenates rows into one sequence; SSFT builds its own padded rows. "
-    "Remove `batch_flattening`.",
-}
+# Every rule about a recipe option (refused, kept, mapped, not applied) lives in `trl_ssft.recipe_options.OPTIONS`;
+# packing options are mapped to the padding-free set loss by `axolotl_ssft.packing.map_packing_options`.
 
 
 def _field_specs(dataclass_type) -> dict[str, tuple[Any, Any]]:
@@ -180,9 +172,6 @@ def check_ssft_config(cfg: dict) -> None:
     bad = misspelt_keys(cfg)
     if bad:
         raise ValueError(_misspelt_message(bad))
-    for key, why in REFUSED_OPTIONS.items():
-        if cfg.get(key):
-            raise ValueError(f"SSFT cannot run with `{key}: {cfg.get(key)!r}`: {why}")
     check_recipe(cfg, AXOLOTL)
     for split in ("datasets", "test_datasets"):
         for k, ds in enumerate(cfg.get(split) or []):

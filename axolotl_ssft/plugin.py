@@ -3,7 +3,8 @@
 Order of the hooks in one `axolotl train` run, and what each does here:
 
 - `register(cfg)` (raw YAML, before validation): check the plugin's own imports, rewrite
-  `type: ssft` to this package's strategy, add the forking tokens to
+  `type: ssft` to this package's strategy, map the packing options to the padding-free set loss and turn
+  Axolotl's own packing off (`packing.py`), add the forking tokens to
   `special_tokens.additional_special_tokens` (so every tokenizer Axolotl loads has them, and the saved
   one too), stamp the column mapping into the dataset cache key.
 - `get_input_args()`: `SSFTArgs`, whose validator refuses what cannot work.
@@ -13,8 +14,9 @@ Order of the hooks in one `axolotl train` run, and what each does here:
   rows (mean + noise) and work out the PEFT `trainable_token_indices`, which
   `get_lora_config_kwargs(cfg)` hands to the LoRA/QLoRA config.
 - `get_trainer_cls` / `get_collator_cls_and_kwargs` / `post_trainer_create`: the SSFT trainer and
-  collator, `setup_ssft` on the trainer, and the start-of-run lines saying what SSFT does with the
-  recipe's options (`trl_ssft.recipe_options.recipe_lines`).
+  collator, `setup_ssft` on the trainer (which prints the one line saying what packing does), and the
+  start-of-run lines saying what SSFT does with the recipe's other options
+  (`trl_ssft.recipe_options.recipe_lines`).
 
 A GFPO config (`rl: grpo`, `gfpo: true`; see `axolotl_ssft.gfpo`) skips every SSFT hook: `register` sets
 `trainer_cls` to the GFPO trainer and the default reward, `post_trainer_create` activates GFPO on it.
@@ -32,6 +34,7 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 
 from .args import COLUMN_KEYS, SSFT_DATASET_TYPES, SSFT_STRATEGY, WHOLE_TRACE, gfpo_requested, ssft_settings
+from .packing import map_packing_options
 
 LOG = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class SSFTPlugin(BasePlugin):
         self._fork_ids: list[int] | None = None
         self._trainer = None
         self._summary_printed = False
+        self._packing: tuple[str, tuple[str, ...]] = ("", ())
 
     # ------------------------------------------------------------ config
     def register(self, cfg: dict) -> None:
@@ -106,6 +110,7 @@ class SSFTPlugin(BasePlugin):
                 if isinstance(ds, dict) and ds.get("type") == SSFT_STRATEGY and stamp:
                     # The prepared-dataset cache key ignores plugin keys; `input_format` is hashed and unused.
                     ds["input_format"] = stamp
+        self._packing = map_packing_options(cfg)
         settings = ssft_settings(cfg)
         validate_ssft_fields(settings)
         names = fork_names(cfg)
@@ -230,7 +235,7 @@ class SSFTPlugin(BasePlugin):
                 f"SSFT needs its own trainer, but Axolotl built {type(trainer).__name__} (another plugin or "
                 "`trainer_cls` chose the trainer class). Remove the conflicting setting."
             )
-        trainer.setup_ssft_from_axolotl(cfg)
+        trainer.setup_ssft_from_axolotl(cfg, *self._packing)
         if trainer.is_world_process_zero():
             from trl_ssft.recipe_options import AXOLOTL, recipe_lines
 

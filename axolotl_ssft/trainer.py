@@ -39,15 +39,17 @@ class AxolotlSSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, AxolotlTrainer):
 
     tag_names = ["axolotl", "ssft"]
 
-    def setup_ssft_from_axolotl(self, cfg) -> None:
-        """Attach the SSFT settings of an Axolotl cfg (forking tokens looked up in the trainer's tokenizer)."""
+    def setup_ssft_from_axolotl(self, cfg, packing_request: str = "", packing_notes: tuple[str, ...] = ()) -> None:
+        """Attach the SSFT settings of an Axolotl cfg (forking tokens looked up in the trainer's tokenizer); the
+        packing arguments are `packing.map_packing_options`' answer (for the start-of-run line)."""
         from trl_ssft.config import fork_token_names
 
         settings = ssft_settings(cfg)
         names = fork_token_names(settings)
         tok = self.processing_class
         tok = getattr(tok, "tokenizer", tok)
-        self.setup_ssft(settings, fork_token_ids(tok, names), names, pad_token_id(tok))
+        self.setup_ssft(settings, fork_token_ids(tok, names), names, pad_token_id(tok),
+                        packing_request=packing_request, packing_notes=packing_notes)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

@@ -124,6 +124,16 @@ class SSFTFields:
         "fine-tuning) and their activations cost less than the extra copy of its gradient that slicing "
         "holds (`trl_ssft.rows.auto_slice_tokens`). Ignored under DeepSpeed (one slice).",
     )
+    ssft_padding_free: bool | None = option(
+        None,
+        "Run the set loss padding-free: the matched rows of a micro-batch are concatenated, with per-row "
+        "position ids, into packed rows of up to `ssft_loss_slice_tokens` tokens, kept apart by the attention "
+        "kernel (flash-attention's variable-length path; transformers' packed-sequence masks with sdpa / "
+        "eager; other implementations are refused). Exact: the same loss and gradients as padded rows. `None`: "
+        "on when the recipe asks for packing (TRL `packing` / `padding_free`, Axolotl `sample_packing` / "
+        "`batch_flattening`). Each dataset row stays one question; the matching pass stays padded "
+        "(`trl_ssft.packed_rows`).",
+    )
 
 
 SSFT_FIELD_NAMES = tuple(f.name for f in fields(SSFTFields))
@@ -168,6 +178,9 @@ def validate_ssft_fields(cfg) -> None:
     slice_tokens = getattr(cfg, "ssft_loss_slice_tokens", None)
     if slice_tokens is not None and (not isinstance(slice_tokens, int) or slice_tokens < 1):
         raise ValueError(f"ssft_loss_slice_tokens must be a positive integer or None, got {slice_tokens!r}")
+    padding_free = getattr(cfg, "ssft_padding_free", None)
+    if padding_free is not None and not isinstance(padding_free, bool):
+        raise ValueError(f"ssft_padding_free must be true, false or None, got {padding_free!r}")
     if cfg.ssft_fork_init_noise < 0:
         raise ValueError(f"ssft_fork_init_noise must be >= 0, got {cfg.ssft_fork_init_noise!r}")
 

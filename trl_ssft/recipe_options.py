@@ -35,7 +35,9 @@ from typing import Any
 KEPT, MAPPED, REFUSED, NOT_APPLIED = "kept", "mapped", "refused", "not applied"
 STATUSES = (KEPT, MAPPED, REFUSED, NOT_APPLIED)
 AXOLOTL, TRL = "axolotl", "trl"
-PACKING_ISSUE = "mapped to the padding-free set loss (issue 18 packing)"
+PACKED = ("the set loss runs padding-free: the matched rows of each micro-batch are packed with per-row position ids "
+          "(exact: loss and gradients equal the padded rows'); a dataset row stays one question (docs/packing.md)")
+PACKING_KEYS = frozenset({"sample_packing", "eval_sample_packing", "batch_flattening", "packing", "padding_free"})
 
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
@@ -136,13 +138,17 @@ GPU = "scripts/gpu_check.sh (not run: no GPU lent)"
 
 # ---------------------------------------------------------------------------------------------- the table
 OPTIONS: tuple[RecipeOption, ...] = (
-    # packing: issue 18's packing work owns these; the refusal code path stays in axolotl_ssft/args.py and
-    # trl_ssft/trainer.py until it lands
-    RecipeOption("sample_packing", AXOLOTL, MAPPED, PACKING_ISSUE, "tests/e2e/test_axolotl_plugin.py (refused until then)"),
-    RecipeOption("eval_sample_packing", AXOLOTL, MAPPED, PACKING_ISSUE, "tests/e2e/test_axolotl_plugin.py"),
-    RecipeOption("batch_flattening", AXOLOTL, MAPPED, PACKING_ISSUE, "axolotl_ssft/args.py (refused until then)"),
-    RecipeOption("packing", TRL, MAPPED, PACKING_ISSUE, "trl_ssft/trainer.py (refused until then)"),
-    RecipeOption("padding_free", TRL, MAPPED, PACKING_ISSUE, "trl_ssft/trainer.py (refused until then)"),
+    # packing: mapped to the padding-free set loss (`packed_rows.py`); the packing path prints its own start line
+    RecipeOption("sample_packing", AXOLOTL, MAPPED, PACKED + "; Axolotl's multipack sampler is turned off",
+                 "tests/e2e/test_axolotl_plugin.py::test_sample_packing_runs_padding_free_and_equals_the_padded_run"),
+    RecipeOption("eval_sample_packing", AXOLOTL, MAPPED, "turned off; evaluation runs the training set loss "
+                 "(padding-free when training is)", "tests/e2e/test_axolotl_plugin.py"),
+    RecipeOption("batch_flattening", AXOLOTL, MAPPED, PACKED + " (also `auto` with flash attention and "
+                 "micro_batch_size > 1, Axolotl's rule)", "tests/e2e/test_axolotl_plugin.py"),
+    RecipeOption("packing", TRL, MAPPED, PACKED + "; TRL's packing collator is turned off (any packing_strategy)",
+                 "tests/unit/test_packed_rows.py"),
+    RecipeOption("padding_free", TRL, MAPPED, PACKED + "; TRL's flattening collator is turned off",
+                 "tests/unit/test_packed_rows.py"),
     # refused: one question per row, or another trainer
     RecipeOption("group_by_length", AXOLOTL, REFUSED, "SSFT rows have no `input_ids` length (a row is a prompt plus "
                  "several traces)", "tests/e2e/test_axolotl_plugin.py::test_refused_options_explain_why",
@@ -248,7 +254,7 @@ OPTIONS: tuple[RecipeOption, ...] = (
                  "`labels`, which SSFT never passes; SSFT's own head already works in chunks "
                  "(`ssft_logits_chunk_tokens`)", CPU_TEST),
     RecipeOption("pad_to_sequence_len", AXOLOTL, NOT_APPLIED, "SSFT builds its own rows per micro-batch, padded to "
-                 "the longest matched row", CPU_TEST),
+                 "the longest matched row or packed (padding-free)", "tests/e2e/test_axolotl_plugin.py"),
     RecipeOption("train_on_inputs", AXOLOTL, NOT_APPLIED, "SSFT's loss is always on the traces (and the forking token "
                  "with `ssft_fork_token_loss`), never on the prompt", CPU_TEST),
     RecipeOption("completion_only_loss", TRL, NOT_APPLIED, "SSFT's loss is always on the traces (and the forking "
@@ -300,7 +306,7 @@ def recipe_lines(cfg: Any, front: str) -> list[str]:
         status, what = _status(opt)
         if status == KEPT:
             kept.append(_shown(opt, v))
-        elif status == MAPPED and opt.what != PACKING_ISSUE:
+        elif status == MAPPED and opt.key not in PACKING_KEYS:
             mapped.append(f"{_shown(opt, v)} ({what.split(';')[0]})")
         elif status == NOT_APPLIED:
             lines.append(f"SSFT: `{opt.key}: {v}` does not apply to SSFT: {what}.")

@@ -12,7 +12,8 @@ caller's `backward`, e.g. ``accelerator.backward`` under ``no_sync``), so its ac
 before the next slice; the last slice's loss is returned with its graph for the trainer's own backward
 (the one that synchronises gradients under DDP). Under several processes the number of slices is
 made equal on every rank (a max over ranks, then zero-weighted repeats of a real row), so FSDP / ZeRO-3
-see the same forward and backward calls everywhere.
+see the same forward and backward calls everywhere. With `packing` a slice is one packed row of the same
+rows instead (padding-free; `packed_rows.py`), run through the same loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from .distributed import is_distributed, max_over_ranks
 from .layout import LayoutIds, fork_loss_tokens, fork_span
 from .output_head import IGNORE_INDEX, OutputHead, chunked_nll_sum, shifted_targets, zero_from
+from .packed_rows import packed_slices
 
 
 def build_rows(prompts: Sequence[list[int]], traces: Sequence[list[list[int]]],
@@ -103,12 +105,21 @@ def plan_slices(lengths: Sequence[int], budget: int | None, min_budget: int = 0)
 
 def rows_nll_sum(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, mask: torch.Tensor,
                  labels: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
-    """Sum of next-token NLL over the labelled positions of rows ``ids/mask/labels [R, S]`` (scalar, fp32).
+    """Sum of next-token NLL over the labelled positions of rows ``ids/mask/labels [R, S]`` (scalar, fp32)."""
+    return inputs_nll_sum(model, head, {"input_ids": ids, "attention_mask": mask, "labels": labels}, chunk_tokens)
 
-    One forward of `model` (which may be a DDP/FSDP wrapper around `head`'s model); logits are built
-    for at most `chunk_tokens` positions at a time, inside that forward.
+
+def inputs_nll_sum(model: torch.nn.Module, head: OutputHead, inputs: dict[str, torch.Tensor],
+                   chunk_tokens: int) -> torch.Tensor:
+    """Sum of next-token NLL over the labelled positions of one slice (scalar, fp32).
+
+    inputs: ``labels [R, S]`` and the model's forward inputs (``input_ids [R, S]`` plus ``attention_mask`` for
+    padded rows, or position ids and attention kwargs for a packed row, `packed_rows.packed_row`). One forward
+    of `model` (which may be a DDP/FSDP wrapper around `head`'s model), without cache; logits are built for at
+    most `chunk_tokens` positions at a time, inside that forward.
     """
-    pos, targets = shifted_targets(labels)
+    inputs = dict(inputs)
+    pos, targets = shifted_targets(inputs.pop("labels"))
     out: dict[str, torch.Tensor] = {}
 
     def on_hidden(hidden: torch.Tensor) -> torch.Tensor:  # [R, S, H], inside the model's forward
@@ -116,35 +127,56 @@ def rows_nll_sum(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, ma
         return out["sum"]
 
     with head.intercept(on_hidden):
-        outputs = model(input_ids=ids, attention_mask=mask, use_cache=False)
+        outputs = model(**inputs, use_cache=False)
     # + exact 0 whose backward passes through the model's output first: FSDP2 gathers the output module's
     # parameters in hooks there, before the chunks' recompute needs them (output_head docstring)
     return out["sum"] + zero_from(getattr(outputs, "logits", None))
 
 
+def padded_slices(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, slice_tokens: int | None,
+                  min_slice_tokens: int = 0) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Set-loss slices of rows ``[R, S]`` (`plan_slices`), each cut to its longest row, and the filler slice (the
+    shortest row alone) that `sliced_set_loss` repeats with weight 0 to align ranks."""
+    lengths = mask.sum(-1).tolist()
+
+    def sub(rows: list[int]) -> dict[str, torch.Tensor]:
+        width = max(lengths[r] for r in rows)
+        idx = torch.tensor(rows, device=ids.device)
+        return {k: x.index_select(0, idx)[:, :width] for k, x in
+                (("input_ids", ids), ("attention_mask", mask), ("labels", labels))}
+
+    shortest = min(range(len(lengths)), key=lambda r: lengths[r])
+    return [sub(s) for s in plan_slices(lengths, slice_tokens, min_slice_tokens)], sub([shortest])
+
+
 def sliced_set_loss(model: torch.nn.Module, head: OutputHead, ids: torch.Tensor, mask: torch.Tensor,
                     labels: torch.Tensor, *, denom: float | torch.Tensor, slice_tokens: int | None, chunk_tokens: int,
                     scale: float = 1.0, backward: Callable[[torch.Tensor], None] | None = None,
-                    min_slice_tokens: int = 0) -> torch.Tensor:
+                    min_slice_tokens: int = 0, packing: str | None = None,
+                    stats: dict[str, int] | None = None) -> torch.Tensor:
     """``sum NLL / denom * scale`` of rows ``[R, S]`` (on the model's device), run in slices of `slice_tokens`.
 
     With `backward`, each slice but the last is back-propagated by it at once; the returned scalar is the
     last slice's loss (with its graph) plus the detached losses of the others, so its value is the loss of
     all rows and its backward adds the last slice's gradients. Without `backward` (evaluation, no grad) the
     slices are summed. `slice_tokens` None: the longest row per slice, at least `min_slice_tokens`
-    (`plan_slices`).
+    (`plan_slices`). `packing`: a key of `packed_rows.PACKED_ATTENTION` (`packed_rows.packed_attention`): each
+    slice is one packed row of up to the budget (padding-free, `packed_rows.packed_slices`); None: padded
+    slices. `stats`: counters added in place (``slices``, ``tokens`` real, ``fed`` padding included).
     """
-    lengths = mask.sum(-1).tolist()
-    slices = plan_slices(lengths, slice_tokens, min_slice_tokens)
+    if packing is None:
+        slices, filler = padded_slices(ids, mask, labels, slice_tokens, min_slice_tokens)
+    else:
+        slices, filler = packed_slices(ids, mask, labels, slice_tokens, min_slice_tokens, packing)
+    if stats is not None:
+        stats["slices"] = stats.get("slices", 0) + len(slices)
+        stats["tokens"] = stats.get("tokens", 0) + int(mask.sum())
+        stats["fed"] = stats.get("fed", 0) + sum(s["input_ids"].numel() for s in slices)
     n = max_over_ranks(len(slices), ids.device) if is_distributed() else len(slices)
-    shortest = [min(range(len(lengths)), key=lambda r: lengths[r])]
-    plan = [(s, 1.0) for s in slices] + [(shortest, 0.0)] * (n - len(slices))  # zero-weighted repeats
+    plan = [(s, 1.0) for s in slices] + [(filler, 0.0)] * (n - len(slices))  # zero-weighted repeats
     done = torch.zeros((), dtype=torch.float32, device=ids.device)
-    for k, (rows, weight) in enumerate(plan):
-        width = max(lengths[r] for r in rows)
-        idx = torch.tensor(rows, device=ids.device)
-        sub = [x.index_select(0, idx)[:, :width] for x in (ids, mask, labels)]
-        loss = rows_nll_sum(model, head, *sub, chunk_tokens) / denom
+    for k, (inputs, weight) in enumerate(plan):
+        loss = inputs_nll_sum(model, head, inputs, chunk_tokens) / denom
         if scale != 1.0 or weight != 1.0:
             loss = loss * (scale * weight)
         if k == len(plan) - 1:

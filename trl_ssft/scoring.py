@@ -25,6 +25,10 @@ through `ScoringOptions` (passed explicitly; no module state):
 - **bounded chunks**: a forward call holds at most ``max_tokens`` padded tokens and, with ``max_bytes``,
   at most that many bytes by a model-aware estimate (`estimate_bytes`).
 - **eval mode** (no dropout) during scoring; the model's mode is restored afterwards.
+- **padded, not packed**, also under ``ssft_padding_free``: packing the rows would lose the shared prompt
+  (transformers finds packed segments only without a key/value cache), which saves far more than the little
+  padding that length-sorted chunks of ``[fork_i, trace_j[:T]]`` rows leave (`packed_rows.py`,
+  docs/packing.md).
 
 Under several processes the number of forward calls is made equal on every rank (extra calls on a
 2-token dummy row, through the same output-module call), as FSDP / ZeRO-3 require.

@@ -7,7 +7,8 @@ Per micro-batch of B questions (see `collator.py` for the batch layout):
 2. matching: cost -> token per trace (`matching.match_question`);
 3. set loss (grad, `model`): the sum_b M_b matched rows ``[prompt, fork_sigma(j), trace_j]`` with labels
    on the trace (and its end token), and on the forking token when `ssft_fork_token_loss`, run in
-   token-budgeted slices with the logits built in chunks (`rows.sliced_set_loss`). The loss is
+   token-budgeted slices with the logits built in chunks (`rows.sliced_set_loss`), padded or, with
+   `ssft_padding_free`, packed (`packed_rows.py`; decided once in `setup_ssft`). The loss is
    sum of token NLL / number of loss tokens, where the count spans the whole gradient-accumulation
    window (and all processes when `average_tokens_across_devices`), as in SFT: GA=k gives the loss and
    gradients of a k-times larger batch.
@@ -33,6 +34,7 @@ from .layout import BARE_IDS, LayoutIds, check_template_boundary, tokenize_layou
 from .match_metrics import MatchMetricsMixin
 from .matching import get_mode, match_question
 from .output_head import OutputHead
+from .packed_rows import first_batch_line, packed_attention, packing_line
 from .rows import auto_slice_tokens, build_rows, loss_tokens, sliced_set_loss
 from .scoring import ScoringOptions, cost_matrices
 from .state import SSFTStateMixin, resume_dir
@@ -51,13 +53,22 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
     fork_token_names: list[str] = []
     ssft_pad_token_id: int = 0
     ssft_layout: LayoutIds = BARE_IDS
+    ssft_packing: str | None = None  # a key of packed_rows.PACKED_ATTENTION: the set loss runs padding-free
+    ssft_loss_counts: dict[str, int] | None = None
 
     def setup_ssft(self, ssft_args, fork_token_ids: list[int], fork_token_names: list[str], pad_token_id: int,
-                   layout: LayoutIds | None = None):
+                   layout: LayoutIds | None = None, packing_request: str = "", packing_notes: tuple[str, ...] = ()):
         """Attach the SSFT settings (an object with the `ssft_*` fields); call after `Trainer.__init__`.
 
         `layout`: the tokenized forking-token layout; None tokenizes ``ssft_fork_layout`` with the trainer's
-        tokenizer (and refuses a layout whose text merges with the chat template's generation prompt)."""
+        tokenizer (and refuses a layout whose text merges with the chat template's generation prompt).
+
+        The set loss's row layout is decided here: packed (`packed_rows.packed_attention`, which raises when the
+        model's attention cannot keep packed rows apart exactly) when ``ssft_padding_free`` (resolved by the
+        front end with `packed_rows.resolve_padding_free`), else padded. With `packing_request` (the recipe
+        options that asked for packing) or `packing_notes` (what the front end's related options mean under
+        SSFT) one line saying what packing does is printed.
+        """
         self.ssft_args = ssft_args
         if layout is None:
             tok = getattr(self, "processing_class", None)
@@ -72,6 +83,10 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
         self.ssft_mode = get_mode(ssft_args.ssft_assignment)
         self.ssft_scoring_options = ScoringOptions.from_fields(ssft_args)
         disable_bnb_cpu_inference_repack(self.model)
+        self.ssft_packing = packed_attention(self.model) if getattr(ssft_args, "ssft_padding_free", None) else None
+        self.ssft_loss_counts = {}  # set-loss counters: slices, tokens, fed (padding included)
+        if (self.ssft_packing or packing_request or packing_notes) and self.args.process_index == 0:
+            print(packing_line(self.ssft_packing, packing_request, packing_notes), flush=True)
         self.ssft_match_counts = np.zeros(len(fork_token_ids), dtype=np.int64)
         self._ssft_reset_metrics()
         # Our loss is already normalised by the token count of the whole GA window (see get_batch_samples).
@@ -203,12 +218,16 @@ class SSFTLossMixin(MatchMetricsMixin, SSFTStateMixin):
             scale = float(self.accelerator.num_processes)  # DDP averages the gradients across ranks
         deepspeed = getattr(self, "is_deepspeed_enabled", False)  # its engine owns the backward: one slice
         unwrapped = self.accelerator.unwrap_model(model)
+        first = self.ssft_loss_counts == {}  # first micro-batch of the run: report its packed layout
         loss = sliced_set_loss(
             model, OutputHead(unwrapped), *(x.to(device) for x in rows), denom=denom, scale=scale,
             slice_tokens=2**62 if deepspeed else self.ssft_args.ssft_loss_slice_tokens,
             min_slice_tokens=auto_slice_tokens(unwrapped), chunk_tokens=self.ssft_args.ssft_logits_chunk_tokens,
-            backward=self._ssft_slice_backward(model, num_items_in_batch),
+            backward=self._ssft_slice_backward(model, num_items_in_batch), packing=self.ssft_packing,
+            stats=self.ssft_loss_counts,
         )
+        if first and self.ssft_packing and self.args.process_index == 0:
+            print(first_batch_line(rows[0].shape[0], self.ssft_loss_counts), flush=True)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _ssft_slice_backward(self, model, num_items_in_batch):

@@ -17,6 +17,12 @@ from .tokens import add_trainable_tokens_to_peft_config, pad_token_id, prepare_f
 
 logger = logging.getLogger(__name__)
 
+# What TRL's packing options mean under SSFT (`SSFTConfig` maps `packing` / `padding_free` to ssft_padding_free).
+TRL_PACKING_NOTES = (
+    "TRL never packs the dataset here (packing_strategy does not apply: a dataset row is one question with its "
+    "traces); per_device_train_batch_size counts questions and max_length bounds each matched row",
+)
+
 
 def load_model_and_tokenizer(model_id: str, args, quantization_config=None):
     """Load a causal LM and its tokenizer from a name or path with `args.model_init_kwargs`."""
@@ -64,8 +70,6 @@ class SSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, SFTTrainer):
             args = SSFTConfig(output_dir="ssft-output")
         if not isinstance(args, SSFTConfig):
             raise TypeError(f"args must be an SSFTConfig, got {type(args).__name__}")
-        if args.packing or getattr(args, "padding_free", False):
-            raise ValueError("SSFT needs one question per row: packing and padding_free are not supported")
         check_recipe(args, TRL)
         recipe_report = recipe_lines(args, TRL)
         if args.loss_type == "chunked_nll":  # mapped: SSFT's own chunked head (TRL's would patch the forward)
@@ -100,7 +104,8 @@ class SSFTTrainer(SSFTLossMixin, AtomicCheckpointMixin, SFTTrainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)
-        self.setup_ssft(args, ids, names, pad_id)
+        self.setup_ssft(args, ids, names, pad_id, packing_request=args.ssft_packing_request,
+                        packing_notes=TRL_PACKING_NOTES if args.ssft_packing_request else ())
         if self.is_world_process_zero():
             for line in recipe_report:
                 print(line, flush=True)

@@ -133,6 +133,25 @@ def test_step1_matches_trl_trainer(full_run, assets, tmp_path):
 
 
 @pytest.mark.axolotl
+def test_sample_packing_runs_padding_free_and_equals_the_padded_run(full_run, tmp_path):
+    """`sample_packing: true` on the full run's recipe (sdpa): the run says what packing does, its first micro-batch
+    ran as packed rows without padding, and its step-1 loss and grad norm and its eval loss equal the padded run's."""
+    cfg = dict(full_run["cfg"], sample_packing=True, pad_to_sequence_len=True, attn_implementation="sdpa",
+               ssft_loss_slice_tokens=4096, output_dir=str(tmp_path / "out"))
+    log = run_ok(write_yaml(tmp_path / "packed.yaml", cfg))
+    assert "SSFT packing (sample_packing: True): the set loss runs padding-free" in log
+    assert "sdpa with transformers' block-causal packed-sequence masks" in log
+    assert "SSFT: `pad_to_sequence_len: True` does not apply to SSFT" in log
+    m = re.search(r"first micro-batch: 4 matched rows \((\d+) tokens\) ran as 1 packed rows of (\d+) tokens", log)
+    assert m and m.group(1) == m.group(2), log[-3000:]
+    packed, padded = (log_history(d / "checkpoint-2") for d in (tmp_path / "out", full_run["out"]))
+    for key in ("loss", "grad_norm", "eval_loss"):
+        got = [h[key] for h in packed if key in h]
+        want = [h[key] for h in padded if key in h]
+        assert got == pytest.approx(want, rel=1e-4) and got, key
+
+
+@pytest.mark.axolotl
 def test_resume_from_checkpoint_restores_steps_and_match_counts(full_run):
     out = full_run["out"]
     before = ssft_state(out / "checkpoint-2")
@@ -195,8 +214,8 @@ def test_lora_tied_trains_only_forking_rows_and_adapter_reloads(assets, tmp_path
     assert ssft_state(out)["fork_tokens"] == names
 
 
-# Written in the style of Axolotl's own examples (e.g. examples/llama-3/qlora.yml), which set
-# `sample_packing: true`; SSFT refuses packing, so this copy has it off (the one change needed).
+# Written in the style of Axolotl's own examples (e.g. examples/llama-3/qlora.yml), `sample_packing: true`
+# included: SSFT runs its set loss padding-free for it (one question per row stays).
 AXOLOTL_STYLE_QLORA = """
 base_model: NousResearch/Meta-Llama-3-8B
 model_type: AutoModelForCausalLM
@@ -217,7 +236,7 @@ adapter: qlora
 lora_model_dir:
 
 sequence_len: 4096
-sample_packing: false
+sample_packing: true
 pad_to_sequence_len: true
 
 lora_r: 32
@@ -285,6 +304,7 @@ def test_axolotl_example_qlora_recipe_untied_4bit_cpu(assets, tmp_path):
     })
     log = run_ok(write_yaml(tmp_path / "qlora.yaml", cfg))
     assert "ssft/matched_cost" in log
+    assert "SSFT packing (sample_packing: True): the set loss runs padding-free" in log
     out = tmp_path / "out"
     names = [f"<think{i}>" for i in range(1, 5)]
     _check_adapter_rows(m["model"], out, out / "checkpoint-1", names, untied=True)
@@ -324,8 +344,7 @@ def _datasets(cfg):
 
 
 REFUSED = [
-    ({"sample_packing": True}, r"sample_packing.*one question"),
-    ({"eval_sample_packing": True}, r"eval_sample_packing"),
+    ({"sample_packing": True, "ssft_padding_free": False}, r"sample_packing: True asks for packed rows"),
     ({"context_parallel_size": 2}, r"context_parallel_size.*context parallelism"),
     ({"streaming": True}, r"streaming.*map-style"),
     ({"pretraining_dataset": [{"path": "x", "type": "pretrain"}]}, r"pretraining"),
@@ -341,6 +360,32 @@ REFUSED = [
 def test_refused_options_explain_why(load, overrides, pattern):
     with pytest.raises(Exception, match=pattern):
         load(**overrides)
+
+
+PACKING = [  # recipe options -> (ssft_padding_free, words of the start-of-run line's notes)
+    ({"sample_packing": True}, True, ["multipack sampler is off", "evaluation runs the training set loss"]),
+    ({"sample_packing": True, "eval_sample_packing": False, "pad_to_sequence_len": True}, True,
+     ["multipack sampler is off"]),  # pad_to_sequence_len: its own line (recipe_options)
+    ({"batch_flattening": True, "attn_implementation": "sdpa"}, True, ["multipack sampler is off"]),
+    ({"batch_flattening": "auto", "attn_implementation": "flash_attention_2"}, True, ["multipack sampler is off"]),
+    ({"batch_flattening": "auto", "attn_implementation": "sdpa"}, False, []),
+    ({"eval_sample_packing": True}, False, ["evaluation runs the training set loss"]),
+    ({}, False, []),
+]
+
+
+@pytest.mark.parametrize("overrides,padding_free,notes", PACKING, ids=[str(sorted(o)) for o, _, _ in PACKING])
+def test_packing_options_map_to_padding_free_set_loss(load, overrides, padding_free, notes):
+    """Axolotl's own packing is turned off (it would mix questions); the set loss runs padding-free instead."""
+    from axolotl.integrations.base import PluginManager
+
+    cfg = load(**overrides)
+    assert cfg.ssft_padding_free is padding_free
+    assert not cfg.sample_packing and not cfg.eval_sample_packing and not cfg.batch_flattening
+    plugin = next(p for p in PluginManager.get_instance().plugins.values() if type(p).__name__ == "SSFTPlugin")
+    request, got = plugin._packing
+    assert bool(request) is padding_free
+    assert [any(n in g for g in got) for n in notes] == [True] * len(notes) and len(got) == len(notes)
 
 
 def test_mixed_dataset_types_refused(load, assets):

@@ -10,7 +10,8 @@ unsharded reference on all questions: costs (1e-5), Hungarian assignments (ident
 ranks) and the full gradient of every parameter (rtol 1e-4). Cases (fsdp_run.CASES): tied Qwen2 and
 untied Llama with FSDP2's defaults; the layout Accelerate / Axolotl build for the 32B recipe
 (``reshard_after_forward=True`` on every unit, the root included, checkpointed layers) with the earlier
-slices under Accelerate's FSDP2 ``no_sync``; the output layer as its own FSDP unit.
+slices under Accelerate's FSDP2 ``no_sync``; the output layer as its own FSDP unit; the padding-free set
+loss (packed rows, sdpa) against the padded reference.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import yaml
 from scripts.runner import REPO, run
 
 TIMEOUT = 240  # a hang in a collective fails the test instead of blocking the suite
-CASES = ("qwen2", "llama", "qwen2_accelerate", "llama_head")
+CASES = ("qwen2", "llama", "qwen2_accelerate", "llama_head", "qwen2_packed")
 RECIPE = f"{REPO}/examples/yaml/axolotl_full_32b_fsdp.yaml"
 
 

@@ -2,9 +2,8 @@
 plugin lines added), on tiny local models: what Axolotl's own config loader makes of them, the start-of-run lines
 the plugin prints, and one real `axolotl train` run (the Llama LoRA recipe with `special_tokens` / `tokens:`).
 
-Only what a CPU cannot run is changed (`CPU`), plus `UNTIL_PACKING` while `sample_packing` is still refused:
-drop `UNTIL_PACKING` (and flip `test_packing_is_refused_until_it_lands`) when the padding-free set loss lands
-(issue 18 packing). docs/recipes.md records what happens with each recipe.
+Only what a CPU cannot run is changed (`CPU`); the recipes' `sample_packing: true` stays on (the set loss runs
+padding-free). docs/recipes.md records what happens with each recipe.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "examples" / "yaml" / "recipes"
 NAMES = {"qwen3_qlora_packing_liger": "qwen3", "llama3_lora_tokens": "llama", "llama3_fft_fsdp2_liger": "llama",
          "llama3_fft_zero3": "llama"}
-UNTIL_PACKING = {"sample_packing": False, "eval_sample_packing": False}
 # what a CPU cannot run: flash-attention 2, 8-bit optimizers, the Triton MLP kernel (the QKV and O kernels are
 # plain torch and stay on), bf16 (`auto` would pick fp32 here anyway)
 CPU = {"attn_implementation": "sdpa", "optimizer": "adamw_torch", "lora_mlp_kernel": False, "lora_qkv_kernel": True,
@@ -78,14 +76,6 @@ def _validated(path: str):
         return validate_config(DictDefault(yaml.safe_load(open(path)))), str(e)
 
 
-@pytest.mark.parametrize("name", sorted(NAMES))
-def test_packing_is_refused_until_it_lands(name, assets, tmp_path, environ):
-    from axolotl.cli.config import load_cfg
-
-    with pytest.raises(Exception, match=r"SSFT cannot run with `sample_packing: True`"):
-        load_cfg(_recipe(name, assets, tmp_path))
-
-
 EXPECT = {  # kept (in the first line) / not applied (one line each) / what else the loader says
     "qwen3_qlora_packing_liger": ({"liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm",
                                    "lora_qkv_kernel", "lora_o_kernel", "lora_mlp_kernel", "chat_template=qwen3",
@@ -96,7 +86,10 @@ EXPECT = {  # kept (in the first line) / not applied (one line each) / what else
                             "lora_embedding_kernel"}, set(), None),
     "llama3_fft_fsdp2_liger": ({"liger_rope", "liger_rms_norm", "liger_glu_activation", "fsdp_config",
                                 "chat_template=llama3"}, {"liger_fused_linear_cross_entropy"}, None),
-    "llama3_fft_zero3": ({"deepspeed", "activation_offloading"}, {"cut_cross_entropy"}, "No module named 'deepspeed'"),
+    # validated without the plugin's packing map (deepspeed missing), so Axolotl's own packing default
+    # pad_to_sequence_len is set and gets its line
+    "llama3_fft_zero3": ({"deepspeed", "activation_offloading"}, {"cut_cross_entropy", "pad_to_sequence_len"},
+                         "No module named 'deepspeed'"),
 }
 
 
@@ -104,7 +97,7 @@ EXPECT = {  # kept (in the first line) / not applied (one line each) / what else
 def test_recipe_validates_and_says_what_applies(name, assets, tmp_path, environ):
     from trl_ssft.recipe_options import AXOLOTL, recipe_lines
 
-    cfg, missing = _validated(_recipe(name, assets, tmp_path, **UNTIL_PACKING))
+    cfg, missing = _validated(_recipe(name, assets, tmp_path))
     kept, not_applied, loader_error = EXPECT[name]
     assert missing == loader_error
     lines = recipe_lines(cfg, AXOLOTL)
@@ -122,10 +115,12 @@ def test_llama_lora_tokens_recipe_trains(assets, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    path = _recipe("llama3_lora_tokens", assets, tmp_path, **UNTIL_PACKING, **CPU, max_steps=2, save_steps=2,
+    path = _recipe("llama3_lora_tokens", assets, tmp_path, **CPU, max_steps=2, save_steps=2,
                    evals_per_epoch=None, saves_per_epoch=None, val_set_size=0.0, sequence_len=256)
     log = run_ok(path, timeout=600)
     assert "SSFT recipe options (axolotl): kept: " in log and "lora_qkv_kernel, lora_o_kernel" in log
+    assert "SSFT packing (sample_packing: True): the set loss runs padding-free" in log
+    assert "SSFT packing: first micro-batch:" in log
     out = tmp_path / "out"
     tok = AutoTokenizer.from_pretrained(out)
     names = [f"<think{i}>" for i in range(1, 5)]

@@ -38,6 +38,7 @@ from trl_ssft.demo.synthetic import corpus, make_rows
 from trl_ssft.demo.tiny import build_tiny_model, build_tiny_tokenizer
 from trl_ssft.matching import match_question
 from trl_ssft.output_head import IGNORE_INDEX, OutputHead
+from trl_ssft.packed_rows import packed_slices
 from trl_ssft.rows import build_rows, loss_tokens, plan_slices, sliced_set_loss
 from trl_ssft.scoring import ScoringOptions, cost_matrices, plan_rows
 from trl_ssft.tokens import prepare_fork_tokens
@@ -60,6 +61,8 @@ class Case:
     wrap_head: bool = False  # the output module as its own FSDP unit
     layer_ac: bool = False  # activation checkpointing of the decoder layers (fsdp_config.activation_checkpointing)
     no_sync: bool = False  # earlier slices under accelerate's FSDP2 no_sync (set_requires_gradient_sync(False))
+    packing: str | None = None  # the padding-free set loss (packed_rows.PACKED_ATTENTION key), else padded rows
+    slice_tokens: int = SLICE_TOKENS
 
 
 CASES = {
@@ -69,6 +72,8 @@ CASES = {
     # the root included; checkpointed layers) and what SSFTTrainer does with it (accelerator.no_sync)
     "qwen2_accelerate": Case("qwen2", True, reshard=True, layer_ac=True, no_sync=True),
     "llama_head": Case("llama", False, reshard=True, wrap_head=True),
+    # the padding-free set loss (sdpa, transformers' packed-sequence masks) against the padded reference
+    "qwen2_packed": Case("qwen2", True, packing="sdpa", slice_tokens=256),
 }
 
 
@@ -190,7 +195,9 @@ def run_case(case: str, out: str, built, ref) -> None:
     assign = match(costs, [len(t) for t in my_traces])
 
     ids, mask, labels = build_rows(my_prompts, my_traces, assign, fork_ids, True, pad_id)
-    slices = plan_slices(mask.sum(-1).tolist(), SLICE_TOKENS)
+    slices = (plan_slices(mask.sum(-1).tolist(), spec.slice_tokens) if spec.packing is None else
+              packed_slices(ids, mask, labels, spec.slice_tokens, 0, spec.packing)[0])
+    assert spec.packing is None or rank == 1 or len(slices) < len(ids), "rank 0's packed rows hold several rows"
     head = OutputHead(model)
     model.train()
     backward_calls, held = [], []
@@ -205,9 +212,9 @@ def run_case(case: str, out: str, built, ref) -> None:
             model.set_requires_gradient_sync(True)
         held.append(unsharded_grad_elements(model))
 
-    loss = sliced_set_loss(model, head, ids, mask, labels, denom=denom, slice_tokens=SLICE_TOKENS,
+    loss = sliced_set_loss(model, head, ids, mask, labels, denom=denom, slice_tokens=spec.slice_tokens,
                            chunk_tokens=CHUNK_TOKENS, scale=float(world) if mode == "scale" else 1.0,
-                           backward=backward)
+                           backward=backward, packing=spec.packing)
     loss.backward()
     loss_sum = torch.tensor([float(loss)], dtype=torch.float64)
     dist.all_reduce(loss_sum)
