@@ -53,11 +53,13 @@ def peft_trainer(toy, tmp_path, model, tok, **kw):  # noqa: F811
 
 
 def ref_and_policy(trainer, inputs):
-    """(reference, policy) continuation log-probs of one generation batch; the policy scored in eval mode."""
+    """(reference, policy) continuation log-probs of one generation batch; the policy scored without dropout (not
+    in eval mode: see `trl_ssft.gfpo.anchor.dropout_off`)."""
+    from trl_ssft.gfpo.anchor import dropout_off
+
     trainer.model.train()
     batch = trainer._generate_and_score_completions([dict(x) for x in inputs])
-    trainer.model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), dropout_off(trainer.model):
         policy = trainer._gfpo_cont_logps(trainer.model, batch)
     mask = batch["gfpo_cont_mask"].bool()
     return batch["gfpo_ref_cont_logps"][mask], policy[mask]
@@ -67,15 +69,15 @@ def flags(model) -> dict:
     return {n: p.requires_grad for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("four_bit", [False, True])
-def test_continued_adapter_is_anchored_to_a_frozen_copy_of_itself(toy, tmp_path, four_bit):  # noqa: F811
-    """An SSFT adapter (QLoRA: on a 4-bit base) continued by GFPO: the reference is a second PEFT adapter holding
-    the starting adapter (LoRA and forking-token rows), so at the start reference == policy; it stays put while the
-    trained adapter moves; PEFT's adapter switching leaves every requires_grad flag as it was; the anchor lowers the
-    KL after the trained adapter is pushed away."""
+@pytest.mark.parametrize("which,four_bit", [("untied", False), ("tied", True)])
+def test_continued_adapter_is_anchored_to_a_frozen_copy_of_itself(toy, tmp_path, which, four_bit):  # noqa: F811
+    """An SSFT adapter (QLoRA: on a 4-bit base; the tied Qwen2 has q/k/v biases) continued by GFPO: the reference is a
+    second PEFT adapter holding the starting adapter (LoRA and forking-token rows), so at the start reference ==
+    policy; it stays put while the trained adapter moves; PEFT's adapter switching leaves every requires_grad flag as
+    it was; the anchor lowers the KL after the trained adapter is pushed away."""
     from trl_ssft.gfpo.anchor import REF_ADAPTER
 
-    model, tok, _ = ssft_adapter(toy[0]["untied"], four_bit=four_bit)
+    model, tok, _ = ssft_adapter(toy[0][which], four_bit=four_bit)
     trainer = peft_trainer(toy, tmp_path, model, tok, gfpo_token_choice="enumerate", gfpo_anchor_coef=1.0,
                            max_steps=8, learning_rate=3e-3, lr_scheduler_type="constant", max_completion_length=8)
     assert trainer._gfpo_ref.kind == "adapter_copy" and REF_ADAPTER in model.peft_config
@@ -179,17 +181,19 @@ def test_fused_head_scores_through_trainable_rows(toy, tmp_path):  # noqa: F811
     it now gives the PEFT model's exact log-probabilities, and the gradient reaches the trained rows."""
     from trl.trainer import grpo_trainer
 
+    from trl_ssft.gfpo.anchor import dropout_off
+
     if not hasattr(grpo_trainer, "add_fused_lm_head"):
         pytest.skip("this trl has no fused LM head (trl < 1.15)")
     for which in ("untied", "tied"):
         model, tok, ids = ssft_adapter(toy[0][which])
         trainer = peft_trainer(toy, tmp_path, model, tok, gfpo_anchor_coef=1.0, temperature=0.7)
-        model.eval()  # no LoRA dropout: the two paths must agree exactly
         x = torch.tensor([[5, 6, 7, ids[0], 9, ids[1], 11, 12]])
         mask = torch.ones_like(x)
-        fused, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, x, mask, 5)
-        with torch.no_grad():
-            logits = trainer.model(input_ids=x).logits[:, -6:-1].float() / 0.7
+        with dropout_off(model):  # no LoRA dropout: the two paths must agree exactly
+            fused, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, x, mask, 5)
+            with torch.no_grad():
+                logits = trainer.model(input_ids=x).logits[:, -6:-1].float() / 0.7
         plain = torch.log_softmax(logits, -1).gather(-1, x[:, -5:, None])[..., 0]
         torch.testing.assert_close(fused.detach(), plain, rtol=1e-4, atol=1e-5)
         model.zero_grad()

@@ -90,6 +90,21 @@ def copy_adapter(model, src: str, dst: str) -> int:
     return n
 
 
+@contextmanager
+def dropout_off(model):
+    """Dropout layers of `model` in eval mode for the duration, nothing else: `model.eval()` would also switch
+    bitsandbytes' 4-bit layers, which on CPUs with AVX512-BF16 then repack their weights for inference for good
+    (bitsandbytes 0.50 `Linear4bit.forward`), and later training forwards take a path without input gradients."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    for m in layers:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.train()
+
+
 class Reference:
     """The anchor's starting model: ``kind`` is ``copy`` / ``trl_ref`` (a separate frozen model), ``adapter_off``
     (the PEFT model with its adapter disabled) or ``adapter_copy`` (the PEFT model with `REF_ADAPTER` active)."""
@@ -99,7 +114,7 @@ class Reference:
 
     @contextmanager
     def scoring(self, trainer):
-        """Yield the module to score the reference with; a PEFT model is switched for the duration (eval mode,
+        """Yield the module to score the reference with; a PEFT model is switched for the duration (dropout off,
         adapter disabled or `REF_ADAPTER` active) and restored after, with every `requires_grad` flag as it was
         (PEFT's `set_adapter` marks the active adapter trainable)."""
         if self.kind in ("copy", "trl_ref"):
@@ -107,22 +122,21 @@ class Reference:
             return
         peft = trainer.accelerator.unwrap_model(trainer.model)
         flags = [(p, p.requires_grad) for p in peft.parameters()]
-        was_training, active = peft.training, peft.active_adapter
-        peft.eval()
+        active = peft.active_adapter
         try:
-            if self.kind == "adapter_off":
-                with peft.disable_adapter():
-                    yield trainer.model
-            else:
-                peft.set_adapter(REF_ADAPTER)
-                try:
-                    yield trainer.model
-                finally:
-                    peft.set_adapter(active)
+            with dropout_off(peft):
+                if self.kind == "adapter_off":
+                    with peft.disable_adapter():
+                        yield trainer.model
+                else:
+                    peft.set_adapter(REF_ADAPTER)
+                    try:
+                        yield trainer.model
+                    finally:
+                        peft.set_adapter(active)
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
-            peft.train(was_training)
 
     def describe(self) -> str:
         return {"copy": "a frozen copy of the starting model",
