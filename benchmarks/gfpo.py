@@ -8,6 +8,11 @@ is read back from its benchmark_run.json):
     for s in 0 1 2; do python benchmarks/gfpo.py --seeds $s --reuse --out-dir /tmp/gfpo_seed$s & done; wait
     python benchmarks/gfpo.py --seeds 0,1,2 --reuse
 
+Arms may run on adapters (`--arms ...:lora`, `...:qlora`: a fresh LoRA on the SSFT model, or an SSFT QLoRA adapter
+on the 4-bit SSFT model continued, as the recipes do), and `--previous` summarises earlier runs from their JSON.
+`benchmarks/gfpo_report.py` holds the arm specs and the report; `benchmarks/gfpo_recipes.py` runs the shipped tiny
+recipes on this task.
+
 Task (fixed before any run; `trl_ssft.demo.digitsum`, the demo family): four strategies (forward, pairs,
 cross, outer), all correct in principle. Questions come in two kinds, told by the parity of the first digit
 of ``sum a b c d``; each kind has two suitable strategies:
@@ -57,17 +62,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-SUITS = {"odd": ("forward", "pairs"), "even": ("cross", "outer")}
-
-
-def kind_of(digits) -> str:
-    """The question's kind: the parity of its first digit."""
-    return "odd" if digits[0] % 2 else "even"
-
-
-def suits(mode: str | None, kind: str) -> bool:
-    return mode in SUITS[kind]
-
+from gfpo_report import (SUITS, arm_keys, kind_of, parse_arm, plain_table, plot, suits, summary,  # noqa: E402
+                         verdicts, write_docs)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,9 +86,18 @@ def parse_args(argv=None):
     p.add_argument("--questions-per-step", type=int, default=4)
     p.add_argument("--arms", default="enumerate:all:1e-3,enumerate:all:1e-3:1,enumerate:all:1e-3:3,"
                    "enumerate:fork_rows:3e-2",
-                   help="GFPO runs as gfpo_token_choice:gfpo_trainable:learning_rate[:gfpo_anchor_coef], each with a "
-                   "shuffled-reward control (Adam). fork_rows runs start from an untied copy of the SSFT model (same "
-                   "function)")
+                   help="GFPO runs as gfpo_token_choice:gfpo_trainable:learning_rate[:gfpo_anchor_coef[:model]], each "
+                   "with a shuffled-reward control (Adam). model: full (default), lora (a fresh LoRA on the SSFT model, "
+                   "as `trl-ssft gfpo --use_peft`), qlora (an SSFT QLoRA adapter on the 4-bit SSFT model, continued, as "
+                   "examples/yaml/trl_gfpo_qlora_24gb.yaml; made by --qlora-ssft-steps of SSFT first). fork_rows runs "
+                   "start from an untied copy of the SSFT model (same function)")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the lora / qlora arms (alpha = 2 r, every "
+                   "linear layer)")
+    p.add_argument("--qlora-ssft-steps", type=int, default=100,
+                   help="SSFT steps that make the qlora arms' starting adapter (on the 4-bit SSFT model, lr 1e-3)")
+    p.add_argument("--previous", default="",
+                   help="comma-separated gfpo_benchmark.json files of earlier runs, summarised after this run's "
+                   "tables (their own command and date)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p.parse_args(argv)
 
@@ -125,18 +130,15 @@ def make_data(a):
 
 # ------------------------------------------------------------------ reward
 def make_reward(shuffle_seed: int | None = None):
-    """TRL reward: 1.0 when the answer is right and the rollout's strategy suits the question's kind.
-    With `shuffle_seed`, the batch's rewards are permuted at random (the control)."""
-    from trl_ssft.demo.digitsum import classify_mode
-    from trl_ssft.gfpo.rewards import completion_text, make_correctness_reward
+    """TRL reward: `trl_ssft.demo.gfpo_task.suited_strategy_reward` (1.0 when the answer is right and the rollout's
+    strategy suits the question's kind). With `shuffle_seed`, the batch's rewards are permuted at random (the
+    control)."""
+    from trl_ssft.demo.gfpo_task import suited_strategy_reward
 
-    correct = make_correctness_reward(use_math_verify=False)
     rng = random.Random(shuffle_seed)
 
-    def mode_reward(completions, answer, digits, kind, **kwargs):
-        ok = correct(completions=completions, answer=answer)
-        out = [float(bool(r) and suits(classify_mode(completion_text(c), tuple(d)), k))
-               for c, r, d, k in zip(completions, ok, digits, kind, strict=True)]
+    def mode_reward(prompts, completions, answer, **kwargs):
+        out = suited_strategy_reward(prompts=prompts, completions=completions, answer=answer)
         if shuffle_seed is not None:
             rng.shuffle(out)
         return out
@@ -186,11 +188,62 @@ def untied_copy(model_dir: str, dest: str) -> str:
     return dest
 
 
+def lora_config(a, fork_ids=None):
+    """The LoRA of the lora / qlora arms: rank --lora-r, alpha 2 r, every linear layer, no dropout."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def bnb_4bit():
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+
+def qlora_adapter(ssft_dir: str, rows, seed: int, a) -> str:
+    """The qlora arms' start: an SSFT QLoRA adapter (LoRA + the forking-token rows, as `SSFTTrainer` adds them) on
+    the 4-bit SSFT model, trained --qlora-ssft-steps more SSFT steps on stage 1's data (the 24 GB recipe's shape:
+    GFPO continues a trained adapter). Reused when its ssft_state.json exists."""
+    import datasets
+
+    from trl_ssft import SSFTConfig, SSFTTrainer
+
+    out = os.path.join(a.work_dir, f"seed{seed}", f"qlora_ssft_r{a.lora_r}_{a.qlora_ssft_steps}")
+    if os.path.exists(os.path.join(out, "ssft_state.json")) and os.path.exists(os.path.join(out, "adapter_config.json")):
+        return out
+    cfg = SSFTConfig(output_dir=out, bf16=False, use_cpu=True, report_to=[], seed=seed, ssft_assignment="hungarian",
+                     ssft_num_fork_tokens=4, max_steps=a.qlora_ssft_steps, per_device_train_batch_size=8,
+                     learning_rate=1e-3, lr_scheduler_type="constant", weight_decay=0.0, save_strategy="no",
+                     logging_steps=max(1, a.qlora_ssft_steps // 5), disable_tqdm=True)
+    trainer = SSFTTrainer(model=ssft_dir, args=cfg, train_dataset=datasets.Dataset.from_list(rows),
+                          peft_config=lora_config(a), quantization_config=bnb_4bit())
+    trainer.train()
+    trainer.save_model(out)
+    return out
+
+
+def load_qlora_start(adapter_dir: str, args):
+    """The 4-bit base + the SSFT adapter, trainable: `trl-ssft gfpo`'s own loader (`trl_ssft.gfpo.cli`)."""
+    from types import SimpleNamespace
+
+    from trl_ssft.gfpo.cli import load_policy
+
+    model, tok, _full = load_policy(adapter_dir, SimpleNamespace(attn_implementation=None, dtype="float32"), args,
+                                    bnb_4bit())
+    return model, tok
+
+
 def gfpo(model_dir: str, out: str, rows, seed: int, a, shuffle: bool, choice: str, trainable: str,
-         lr: float, anchor: float = 0.0) -> dict:
+         lr: float, anchor: float = 0.0, kind: str = "full") -> dict:
+    """One GFPO run; `kind`: full (model_dir is a model), lora (a fresh LoRA on it), qlora (model_dir is an SSFT
+    QLoRA adapter dir, continued on the 4-bit base). Returns the training record and the trained SSFTModel."""
     from datasets import Dataset
 
     from trl_ssft import GFPOConfig, GFPOTrainer
+    from trl_ssft.eval.inference import SSFTModel
 
     args = GFPOConfig(
         output_dir=out, bf16=False, use_cpu=True, report_to=[], seed=seed, disable_tqdm=True, save_strategy="no",
@@ -199,22 +252,40 @@ def gfpo(model_dir: str, out: str, rows, seed: int, a, shuffle: bool, choice: st
         temperature=0.7, top_p=0.95, beta=0.0, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_steps=a.steps, logging_steps=max(1, a.steps // 10), gfpo_anchor_coef=anchor,
     )
-    trainer = GFPOTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(rows),
-                          reward_funcs=make_reward(seed + 1000 if shuffle else None))
+    extra = {}
+    if kind == "lora":
+        extra["peft_config"] = lora_config(a)
+    model = model_dir
+    if kind == "qlora":
+        model, extra["processing_class"] = load_qlora_start(model_dir, args)
+        extra["ssft_state_dir"] = model_dir
+    trainer = GFPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                          reward_funcs=make_reward(seed + 1000 if shuffle else None), **extra)
     t0 = time.time()
     trainer.train()
     seconds = time.time() - t0
     trainer.save_model(out)
     logs = [h for h in trainer.state.log_history if "gfpo/entropy" in h]
     reward_key = next((k for k in (logs[0] if logs else {}) if k.startswith("rewards/") and k.endswith("/mean")), None)
-    return {"dir": out, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / a.steps, 2),
-            "reward_curve": [round(float(h.get(reward_key or "reward", float("nan"))), 3) for h in logs],
-            "entropy_curve": [round(float(h["gfpo/entropy"]), 3) for h in logs]}
+    record = {"dir": out, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / a.steps, 2),
+              "reward_curve": [round(float(h.get(reward_key or "reward", float("nan"))), 3) for h in logs],
+              "entropy_curve": [round(float(h["gfpo/entropy"]), 3) for h in logs],
+              "anchor_kl_curve": [round(float(h["gfpo/anchor_kl"]), 4) for h in logs if "gfpo/anchor_kl" in h],
+              "reference": trainer._gfpo_ref.kind if trainer._gfpo_ref is not None else None}
+    if kind == "full":  # evaluated from the saved dir, as before
+        return record, out
+    from trl_ssft.state import read_ssft_state
+
+    state = read_ssft_state(out)
+    trained = SSFTModel(trainer.model.eval(), trainer.processing_class, list(trainer.gfpo_fork_names),
+                        list(trainer.gfpo_fork_ids), state.get("pass1_token"), state)
+    return record, trained
 
 
 # ------------------------------------------------------------------ evaluation
-def evaluate(model_dir: str, held, a, dominant: dict | None = None) -> dict:
-    """Forced and self-chosen samples on `held`, scored by the benchmark's reward."""
+def evaluate(model_dir, held, a, dominant: dict | None = None) -> dict:
+    """Forced and self-chosen samples on `held` (a model dir or an in-memory `SSFTModel`), scored by the
+    benchmark's reward."""
     import numpy as np
 
     from trl_ssft.eval.evaluate import evaluate_model
@@ -252,28 +323,6 @@ def evaluate(model_dir: str, held, a, dominant: dict | None = None) -> dict:
     }
 
 
-def arm_keys(run: dict) -> list[str]:
-    """``before``, then ``gfpo@CHOICE:LR`` and ``control@CHOICE:LR`` for every arm of the run."""
-    return ["before"] + [f"{kind}@{arm}" for arm in run["arms"] for kind in ("gfpo", "control")]
-
-
-def arm_label(key: str) -> str:
-    if key == "before":
-        return "SSFT (before GFPO)"
-    kind, spec = key.split("@")
-    choice, trainable, lr, anchor = parse_arm(spec)
-    what = f"{choice}, {trainable}, lr {lr}" + (f", anchor {anchor:g}" if anchor else "")
-    return f"after GFPO, {what}" if kind == "gfpo" else f"after control (shuffled rewards), {what}"
-
-
-def parse_arm(spec: str) -> tuple[str, str, str, float]:
-    """``choice:trainable:lr[:anchor]`` -> (gfpo_token_choice, gfpo_trainable, learning rate, gfpo_anchor_coef)."""
-    parts = spec.split(":")
-    if len(parts) not in (3, 4):
-        raise ValueError(f"arm {spec!r}: expected choice:trainable:lr[:anchor]")
-    return parts[0], parts[1], parts[2], float(parts[3]) if len(parts) == 4 else 0.0
-
-
 RUN_FILE = "benchmark_run.json"
 RUN_SETTINGS = ("seed", "gfpo_questions", "eval_questions", "rounds", "steps", "num_generations",
                 "questions_per_step", "stage1_steps")
@@ -295,6 +344,19 @@ def load_run(run_dir: str, a) -> dict | None:
     return saved if saved.get("settings") == {k: getattr(a, k) for k in RUN_SETTINGS} else None
 
 
+def qlora_start_model(adapter_dir: str, a):
+    """The qlora arms' starting model (4-bit base + SSFT adapter) as an SSFTModel, for the `before@qlora` row."""
+    from types import SimpleNamespace
+
+    from trl_ssft.eval.inference import SSFTModel
+    from trl_ssft.state import read_ssft_state
+
+    model, tok = load_qlora_start(adapter_dir, SimpleNamespace(model_init_kwargs=None, use_cpu=True,
+                                                               gradient_checkpointing=False))
+    state = read_ssft_state(adapter_dir)
+    return SSFTModel(model.eval(), tok, state["fork_tokens"], state["fork_token_ids"], state.get("pass1_token"), state)
+
+
 def seed_run(seed: int, data, a) -> dict:
     stage1_rows, gfpo_rows, held, mp = data
     ssft_dir = stage1(seed, stage1_rows, mp, a)
@@ -302,22 +364,29 @@ def seed_run(seed: int, data, a) -> dict:
     print(f"== seed {seed}: evaluating the SSFT model", flush=True)
     out["before"] = evaluate(ssft_dir, held, a)
     dominant = out["before"]["dominant"]
+    starts = {"full": ssft_dir, "lora": ssft_dir}
+    if any(parse_arm(spec)[4] == "qlora" for spec in out["arms"]):
+        starts["qlora"] = qlora_adapter(ssft_dir, stage1_rows, seed, a)
+        print(f"== seed {seed}: evaluating the SSFT QLoRA adapter {starts['qlora']}", flush=True)
+        out["before@qlora"] = evaluate(qlora_start_model(starts["qlora"], a), held, a, dominant)
     for spec in out["arms"]:
-        choice, trainable, lr, anchor = parse_arm(spec)
-        start = ssft_dir if trainable != "fork_rows" else untied_copy(ssft_dir, ssft_dir + "_untied")
-        for kind, shuffle in (("gfpo", False), ("control", True)):
-            key = f"{kind}@{spec}"
+        choice, trainable, lr, anchor, kind = parse_arm(spec)
+        start = starts[kind] if trainable != "fork_rows" or kind != "full" else untied_copy(ssft_dir, ssft_dir + "_untied")
+        for what, shuffle in (("gfpo", False), ("control", True)):
+            key = f"{what}@{spec}"
             print(f"== seed {seed}: {key} ({a.steps} steps)", flush=True)
-            name = f"{kind}_{choice}_{trainable}_lr{lr}" + (f"_anchor{anchor:g}" if anchor else "")
+            name = f"{what}_{choice}_{trainable}_lr{lr}" + (f"_anchor{anchor:g}" if anchor else "") + (
+                f"_{kind}_r{a.lora_r}" if kind != "full" else "") + (f"_s{a.qlora_ssft_steps}" if kind == "qlora" else "")
             run_dir = os.path.join(a.work_dir, f"seed{seed}", name)
             cached = load_run(run_dir, a) if a.reuse else None
             if cached is not None:
                 print("   reused (benchmark_run.json)", flush=True)
                 out[f"{key}_training"], out[key] = cached["training"], cached["eval"]
                 continue
-            out[f"{key}_training"] = gfpo(start, run_dir, gfpo_rows, seed, a, shuffle, choice, trainable, float(lr),
-                                          anchor)
-            out[key] = evaluate(out[f"{key}_training"]["dir"], held, a, dominant)
+            record, trained = gfpo(start, run_dir, gfpo_rows, seed, a, shuffle, choice, trainable, float(lr), anchor,
+                                   kind)
+            out[f"{key}_training"] = record
+            out[key] = evaluate(trained, held, a, dominant)
             save_run(run_dir, a, {"training": out[f"{key}_training"], "eval": out[key]})
     for key in arm_keys(out):
         r = out[key]
@@ -325,188 +394,6 @@ def seed_run(seed: int, data, a) -> dict:
               f"{r['self_reward']:.3f}  suitable choices {r['self_suitable']:.3f}  mean fidelity "
               f"{sum(r['fidelity'].values()) / len(r['fidelity']):.3f}", flush=True)
     return out
-
-
-# ------------------------------------------------------------------ report
-def headline(run: dict) -> dict:
-    """The per-seed figures of the summary table, for each arm."""
-    out = {}
-    for arm in arm_keys(run):
-        r = run[arm]
-        best = max(r["forced_reward"], key=r["forced_reward"].get)
-        out[arm] = {
-            "best_fixed_reward": r["forced_reward"][best],
-            "self_reward": r["self_reward"],
-            "ratio": r["self_reward"] / r["forced_reward"][best] if r["forced_reward"][best] else float("nan"),
-            "self_suitable": r["self_suitable"],
-            "self_pass1": r["self_pass1"],
-            "mean_forced_pass1": sum(r["forced_pass1"].values()) / len(r["forced_pass1"]),
-            "min_fidelity": min(r["fidelity"].values()),
-            "mean_fidelity": sum(r["fidelity"].values()) / len(r["fidelity"]),
-        }
-    return out
-
-
-COLUMNS = (("best_fixed_reward", "reward, best fixed token"), ("self_reward", "reward, self-chosen"),
-           ("ratio", "self / best fixed"), ("self_suitable", "suitable choices"),
-           ("mean_forced_pass1", "answer Pass@1, forced (mean over tokens)"),
-           ("self_pass1", "answer Pass@1, self-chosen"), ("mean_fidelity", "forced-token fidelity (mean)"),
-           ("min_fidelity", "fidelity (worst token)"))
-
-
-def spread(values) -> str:
-    import numpy as np
-
-    v = np.array(values, dtype=float)
-    return f"{v.mean():.3f}" + (f" [{v.min():.3f}, {v.max():.3f}]" if len(v) > 1 else "")
-
-
-def summary(per_seed: dict) -> tuple[list[str], list[list[str]]]:
-    heads = {s: headline(run) for s, run in per_seed.items()}
-    keys = arm_keys(next(iter(per_seed.values())))
-    head = ["model"] + [c[1] for c in COLUMNS]
-    rows = [[arm_label(k)] + [spread([heads[s][k][c] for s in heads]) for c, _ in COLUMNS] for k in keys]
-    return head, rows
-
-
-def suitable_mass(run: dict, arm: str) -> float:
-    """Mean over kinds of the N-way probability on the tokens whose strategy (before GFPO) suits the kind."""
-    dom = run["before"]["dominant"]
-    return sum(sum(p for t, p in run[arm]["token_dist"][kind].items() if suits(dom[t], kind))
-               for kind in SUITS) / len(SUITS)
-
-
-def dist_table(per_seed: dict) -> tuple[list[str], list[list[str]]]:
-    """Per arm: the probability on the suitable tokens (mean over kinds), and per kind the token distribution of
-    the first seed, with each token's strategy."""
-    first_seed = next(iter(per_seed))
-    run = per_seed[first_seed]
-    tokens = list(run["before"]["forced_reward"])
-    head = ["model", "mass on suitable tokens (seeds)"] + [
-        f"seed {first_seed}, {kind}: " + " / ".join(f"{t} ({run['before']['dominant'][t]})" for t in tokens)
-        for kind in SUITS]
-    rows = []
-    for k in arm_keys(run):
-        rows.append([arm_label(k), spread([suitable_mass(r, k) for r in per_seed.values()])]
-                    + [" / ".join(f"{run[k]['token_dist'][kind][t]:.2f}" for t in tokens) for kind in SUITS])
-    return head, rows
-
-
-def md_table(head, rows) -> str:
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def plain_table(head, rows) -> str:
-    w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    return "\n".join("  ".join(str(x).ljust(n) for x, n in zip(r, w)) for r in [head, *rows])
-
-
-def verdicts(per_seed: dict) -> list[str]:
-    heads = [headline(run) for run in per_seed.values()]
-    runs = list(per_seed.values())
-    n = len(heads)
-    out = [f"Before GFPO: best fixed token {spread([h['before']['best_fixed_reward'] for h in heads])}, self-chosen "
-           f"{spread([h['before']['self_reward'] for h in heads])}, mass on suitable tokens "
-           f"{spread([suitable_mass(r, 'before') for r in runs])}, forced-token fidelity "
-           f"{spread([h['before']['mean_fidelity'] for h in heads])}."]
-    for lr in runs[0]["arms"]:
-        g, c = f"gfpo@{lr}", f"control@{lr}"
-        twice = sum(h[g]["self_reward"] >= 1.5 * h["before"]["best_fixed_reward"] and h[g]["self_reward"] > 0
-                    for h in heads)
-        kept = sum(h[g]["mean_fidelity"] >= h["before"]["mean_fidelity"] - 0.05 for h in heads)
-        still = sum(abs(h[c]["self_reward"] - h["before"]["self_reward"]) <= 0.05
-                    and abs(suitable_mass(r, c) - suitable_mass(r, "before")) <= 0.05 for h, r in zip(heads, runs))
-        out.append(
-            f"- {arm_label(g).replace('after GFPO, ', '')}: self-chosen reward after GFPO {spread([h[g]['self_reward'] for h in heads])} "
-            f"(>= 1.5x the SSFT model's best fixed token in {twice} of {n} seeds); mass on suitable tokens "
-            f"{spread([suitable_mass(r, g) for r in runs])}; forced-token fidelity "
-            f"{spread([h[g]['mean_fidelity'] for h in heads])} (kept within 0.05 in {kept} of {n}); control: "
-            f"self-chosen reward {spread([h[c]['self_reward'] for h in heads])}, suitable mass "
-            f"{spread([suitable_mass(r, c) for r in runs])}, fidelity {spread([h[c]['mean_fidelity'] for h in heads])} "
-            f"(did not move in {still} of {n}).")
-    return out
-
-
-def plot(per_seed: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    heads = [headline(run) for run in per_seed.values()]
-    runs = list(per_seed.values())
-    keys = arm_keys(runs[0])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    x = np.arange(len(keys))
-    for off, key, lab in ((-0.27, "best_fixed_reward", "reward, best fixed token"),
-                          (0.0, "self_reward", "reward, self-chosen token"),
-                          (0.27, "mean_fidelity", "forced-token fidelity")):
-        v = np.array([[h[k][key] for k in keys] for h in heads])
-        axes[0].bar(x + off, v.mean(0), 0.27, yerr=[v.mean(0) - v.min(0), v.max(0) - v.mean(0)], label=lab, capsize=2)
-    labels = [arm_label(k).replace("after control (shuffled rewards)", "control").replace("after GFPO", "GFPO")
-              .replace("SSFT (before GFPO)", "SSFT").replace(", ", "\n") for k in keys]
-    axes[0].set_xticks(x, labels, fontsize=7)
-    axes[0].set_ylim(0, 1.05)
-    axes[0].legend(fontsize=7)
-    axes[0].set_title("held-out, mean and min-max over seeds", fontsize=9)
-    v = np.array([[suitable_mass(r, k) for k in keys] for r in runs])
-    axes[1].bar(x, v.mean(0), 0.6, yerr=[v.mean(0) - v.min(0), v.max(0) - v.mean(0)], capsize=2)
-    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[1].set_xticks(x, labels, fontsize=7)
-    axes[1].set_ylim(0, 1.05)
-    axes[1].set_title("N-way probability on the tokens whose strategy suits the question's kind", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def write_docs(per_seed: dict, a, wall: float, command: str) -> None:
-    head, rows = summary(per_seed)
-    dhead, drows = dist_table(per_seed)
-    runs = list(per_seed.values())
-    train = [f"- {k}: " + "; ".join(
-        f"seed {s} {run[k + '_training']['seconds_per_step']} s/step, reward per logging step "
-        f"{run[k + '_training']['reward_curve']}" for s, run in per_seed.items())
-        for k in arm_keys(runs[0])[1:]]
-    md = [
-        "# GFPO benchmark (generated by `benchmarks/gfpo.py`; do not edit by hand)",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
-        f"date {datetime.date.today().isoformat()}; wall time {wall / 60:.1f} min (with `--reuse`, stage 1 comes "
-        "from `benchmarks/mode_preservation.py`'s runs and finished GFPO runs from their benchmark_run.json: the "
-        "seeds were run in parallel processes first, see the module docstring; training times are below).",
-        "",
-        "Task: digitsum (the demo family); kind = parity of the first digit; reward = right answer **and** a strategy "
-        "that suits the kind (odd: forward / pairs, even: cross / outer). Stage 1 = `benchmarks/mode_preservation.py`'s "
-        f"SSFT run; GFPO: Adam, {a.steps} steps x {a.questions_per_step} questions x {a.num_generations} rollouts, "
-        f"T 0.7, beta 0, forking tokens suppressed in the continuations (rollouts and evaluation); arms "
-        f"(`gfpo_token_choice`:`gfpo_trainable`:learning rate[:`gfpo_anchor_coef`]) {a.arms} (`fork_rows` starts from "
-        "an untied copy of the tied SSFT model, same function); each control has the same settings "
-        f"with the batch's rewards shuffled. Held-out: {a.eval_questions} questions (half per kind) x 4 tokens x "
-        f"{a.rounds} rounds, forced and self-chosen, T 0.7 top-p 0.95. Fidelity: share of a forced token's samples "
-        "in the strategy it kept before GFPO. Seeds " + ", ".join(str(s) for s in per_seed) + ": mean [min, max].",
-        "",
-        md_table(head, rows),
-        "",
-        "N-way probability on the suitable tokens (mean over the two kinds), and the first seed's mean token "
-        "distribution per kind (tokens in the order of the header, each with its strategy):",
-        "",
-        md_table(dhead, drows),
-        "",
-        "## Verdicts",
-        "",
-        *verdicts(per_seed),
-        "",
-        "![GFPO benchmark](gfpo_benchmark.png)",
-        "",
-        "## Training",
-        "",
-        *train,
-    ]
-    with open(os.path.join(a.out_dir, "gfpo_benchmark.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
 
 
 def main(argv=None) -> int:
@@ -528,8 +415,9 @@ def main(argv=None) -> int:
     write_docs(per_seed, a, wall, command)
     plot(per_seed, os.path.join(a.out_dir, "gfpo_benchmark.png"))
     with open(os.path.join(a.out_dir, "gfpo_benchmark.json"), "w") as f:
-        json.dump({"args": vars(a), "command": command, "wall_seconds": wall, "per_seed": per_seed}, f, indent=1,
-                  default=str)
+        json.dump({"args": vars(a), "command": command, "wall_seconds": wall, "date": datetime.date.today().isoformat(),
+                   "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "loadavg": os.getloadavg(),
+                   "per_seed": per_seed}, f, indent=1, default=str)
     head, rows = summary(per_seed)
     print()
     print(plain_table(head, rows))

@@ -46,7 +46,7 @@ def make_args(tmp_path, **kw):
 
     base = dict(output_dir=str(tmp_path / "out"), bf16=False, use_cpu=True, report_to=[], per_device_train_batch_size=8,
                 num_generations=4, max_completion_length=4, learning_rate=1e-2, logging_steps=1, save_strategy="no",
-                max_steps=2, seed=0, disable_tqdm=True)
+                max_steps=2, seed=0, disable_tqdm=True, gfpo_anchor_coef=0.0)  # tests of the anchor set it
     base.update(kw)
     return GFPOConfig(**base)
 
@@ -143,7 +143,7 @@ def test_advantages_are_trl_group_normalisation_and_enumerate_covers_every_token
 
 
 def test_sample_mode_draws_from_the_model_distribution(toy, tmp_path):
-    trainer = make_trainer(toy, tmp_path, num_generations=8, per_device_train_batch_size=16)
+    trainer = make_trainer(toy, tmp_path, gfpo_token_choice="sample", num_generations=8, per_device_train_batch_size=16)
     fake_generation(trainer, lambda p, k: [5])
     counts = torch.zeros(N)
     for _ in range(25):
@@ -241,7 +241,7 @@ def test_refusals_before_trl_builds_anything(toy, tmp_path, kw, msg):
 
 
 def test_refusals_after_setup(toy, tmp_path):
-    with pytest.raises(ValueError, match="num_generations >= N"):
+    with pytest.raises(ValueError, match="num_generations must be >= 4"):
         make_trainer(toy, tmp_path, gfpo_token_choice="enumerate", num_generations=2)
     with pytest.raises(ValueError, match="untied"):
         make_trainer(toy, tmp_path, which="tied", gfpo_trainable="fork_rows")
@@ -277,9 +277,11 @@ def test_correctness_reward():
     assert not math.isnan(out[0])
 
 
-@pytest.mark.parametrize("trainable,four_bit", [("adapter", False), ("fork_rows", True)])
-def test_cli_continues_an_ssft_adapter(toy, tmp_path, trainable, four_bit):
-    """`trl-ssft gfpo` on an SSFT LoRA adapter dir (QLoRA: 4-bit base on CPU): the adapter trains, the state is written."""
+@pytest.mark.parametrize("trainable,four_bit", [("adapter", False), ("fork_rows", True), ("adapter", True)])
+def test_cli_continues_an_ssft_adapter(toy, tmp_path, capsys, trainable, four_bit):
+    """`trl-ssft gfpo` on a trained SSFT LoRA adapter dir (QLoRA: 4-bit base on CPU) with the default settings
+    (enumerate, anchor 3): the adapter trains against a frozen copy of itself (a second PEFT adapter), the state is
+    written; on trl 1.9 and on trl >= 1.15 (whose fused LM head now scores through the trainable forking rows)."""
     import json
 
     from peft import LoraConfig, get_peft_model
@@ -295,7 +297,12 @@ def test_cli_continues_an_ssft_adapter(toy, tmp_path, trainable, four_bit):
     ids = [tok.convert_tokens_to_ids(n) for n in NAMES]
     cfg = add_trainable_tokens_to_peft_config(LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), base, ids)
     adapter = tmp_path / "adapter"
-    get_peft_model(base, cfg).save_pretrained(adapter)
+    peft = get_peft_model(base, cfg)
+    with torch.no_grad():  # as SSFT training leaves it: LoRA B and the forking-token rows moved
+        for p in peft.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    peft.save_pretrained(adapter)
     tok.save_pretrained(adapter)
     write_ssft_state(str(adapter), {"fork_tokens": NAMES, "fork_token_ids": ids, "pass1_token": NAMES[0]})
     ds = tmp_path / "rl.jsonl"
@@ -307,17 +314,13 @@ def test_cli_continues_an_ssft_adapter(toy, tmp_path, trainable, four_bit):
             "--save_strategy", "no", "--gfpo_trainable", trainable, "--gfpo_reward_funcs", f"{__name__}.token_reward"]
     if four_bit:
         argv += ["--load_in_4bit", "true", "--dtype", "float32"]
-    from trl.trainer import grpo_trainer
-
-    if hasattr(grpo_trainer, "add_fused_lm_head"):  # trl >= 1.15: the fused head bypasses PEFT's trainable rows
-        with pytest.raises(ValueError, match="fused LM head"):
-            main(argv)
-        return
     assert main(argv) == 0
+    assert "anchor 3 against a frozen copy of the starting adapter as PEFT adapter 'gfpo_ref'" in capsys.readouterr().out
     state = read_ssft_state(str(out))
     assert state["pass1_choice"] == "self" and state["pass1_token"] == NAMES[0]
     assert state["gfpo"]["trainable"] == trainable and sum(state["gfpo"]["token_counts"]) == 16
-    assert (out / "adapter_config.json").exists()
+    assert state["gfpo"]["token_choice"] == "enumerate" and state["gfpo"]["anchor_coef"] == 3.0
+    assert (out / "adapter_config.json").exists() and not (out / "gfpo_ref").exists()
 
 
 def test_readme_documents_every_gfpo_option():
@@ -394,7 +397,8 @@ def test_anchor_pulls_the_continuations_back_to_the_starting_model(toy, tmp_path
 
     trainer = make_trainer(toy, tmp_path, reward=constant, gfpo_token_choice="enumerate", gfpo_anchor_coef=1.0,
                            max_steps=10, learning_rate=2e-3, lr_scheduler_type="constant", max_completion_length=8)
-    ref = trainer._gfpo_ref
+    assert trainer._gfpo_ref.kind == "copy"
+    ref = trainer._gfpo_ref.model
     assert ref is not trainer.model and not any(p.requires_grad for p in ref.parameters())
     torch.manual_seed(0)
     with torch.no_grad():
@@ -407,22 +411,18 @@ def test_anchor_pulls_the_continuations_back_to_the_starting_model(toy, tmp_path
     assert trainer.gfpo_state()["anchor_coef"] == 1.0
 
 
-def test_anchor_refuses_an_adapter_without_a_reference(toy, tmp_path):
-    from peft import LoraConfig
-
-    with pytest.raises(ValueError, match="gfpo_anchor_coef needs a full model"):
-        make_trainer(toy, tmp_path, gfpo_anchor_coef=1.0,
-                     peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
-
-
 def test_anchor_refuses_sharded_training_without_trl_reference():
-    """Under FSDP / DeepSpeed a plain copy of the model is not a usable reference: beta > 0 is required."""
+    """Under FSDP / DeepSpeed a plain copy of a full model is not a usable reference: beta > 0 is required."""
     from types import SimpleNamespace
 
-    from trl_ssft.gfpo.mixin import anchor_reference
+    from trl_ssft.gfpo.anchor import anchor_reference
+
+    def trainer(**kw):
+        return SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=torch.nn.Linear(2, 2), **kw)
 
     for flag in ("is_fsdp_enabled", "is_deepspeed_enabled"):
         with pytest.raises(ValueError, match="FSDP / DeepSpeed needs beta > 0"):
-            anchor_reference(SimpleNamespace(ref_model=None, **{flag: True}))
+            anchor_reference(trainer(ref_model=None, **{flag: True}))
     ref = object()
-    assert anchor_reference(SimpleNamespace(ref_model=ref, is_fsdp_enabled=True)) is ref
+    got = anchor_reference(trainer(ref_model=ref, is_fsdp_enabled=True))
+    assert got.kind == "trl_ref" and got.model is ref

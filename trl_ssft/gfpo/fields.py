@@ -21,13 +21,15 @@ class GFPOFields:
     """The `gfpo_*` options, shared by the TRL config and the Axolotl plugin's schema."""
 
     gfpo_token_choice: str = option(
-        "sample",
-        "How each rollout gets its forking token. `sample`: drawn from the model's own distribution "
-        "restricted to the N forking tokens (on-policy, the default). `enumerate`: rollout k of a group "
-        "gets token k mod N, so every token is tried on every question (needs num_generations >= N). "
-        "`free`: the model's own first generated token; a rollout that does not start with a forking "
-        "token gets no reward (advantage 0). In every mode the policy gradient is taken at the forking- "
-        "token position only.",
+        "enumerate",
+        "How each rollout gets its forking token. `enumerate` (the default): rollout k of a question's group "
+        "gets token k mod N, so every token is tried on every question (needs num_generations >= N; a "
+        "multiple of N is even); this is what learnt a per-question choice in the benchmark "
+        "(docs/gfpo.md). `sample`: drawn from the model's own distribution restricted to the N forking "
+        "tokens (on-policy, the paper's description; it cannot explore from a peaked SSFT model, which the "
+        "run says at start). `free`: the model's own first generated token; a rollout that does not start "
+        "with a forking token gets no reward (advantage 0). In every mode the policy gradient is taken at "
+        "the forking-token position only.",
     )
     gfpo_token_temperature: float = option(
         1.0,
@@ -57,13 +59,15 @@ class GFPOFields:
         "little mass on them). 0 turns it off (no extra forward pass).",
     )
     gfpo_anchor_coef: float = option(
-        0.0,
+        3.0,
         "Weight of a KL anchor on the rollouts' continuations: TRL's k3 estimate of KL(policy || starting model) "
         "on the generated tokens after the forking token, mean over those tokens. The policy gradient stays at "
         "the forking token; this term only pulls the reasoning after it back to the starting (SSFT) model's, so "
-        "that training all weights moves the token choice without blurring what each token does. Keeps a frozen "
-        "copy of the starting model (full models only; TRL's reference model is used when beta > 0, which "
-        "FSDP / DeepSpeed need). 0 turns it off (no extra forward passes).",
+        "that training all weights moves the token choice without blurring what each token does (the "
+        "benchmark's setting, 3). The starting model: a full model's frozen copy (TRL's reference model when "
+        "beta > 0, which FSDP / DeepSpeed need); a fresh PEFT adapter disabled; a continued PEFT adapter's "
+        "frozen copy as a second adapter. Costs a forward and backward over the continuations. 0 turns it off "
+        "(the paper's description: no extra passes).",
     )
     gfpo_fork_tokens: list[str] | None = option(
         None,

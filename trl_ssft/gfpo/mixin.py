@@ -34,8 +34,10 @@ from ..eval.inference import _left_pad, find_fork_tokens
 from ..layout import fork_span, model_layout
 from ..state import read_ssft_state, resume_dir, write_ssft_state
 from ..tokens import forbidding_logit_bias, fork_token_ids, pad_token_id
+from .anchor import anchor_reference, continuation_tensors, drop_saved_reference, k3_kl, repair_trl_ref_adapter
+from .exploration import check_enumerate_group, peaked_message
 from .fields import GFPOFields
-from .params import apply_trainable
+from .params import apply_trainable, expose_output_bias
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +70,6 @@ def check_grpo_args(args, settings: GFPOFields) -> None:
         raise ValueError("gfpo_trainable='fork_rows' needs weight_decay=0")
 
 
-def check_fused_head(model) -> None:
-    """trl >= 1.15 scores GRPO completions through a fused LM head that reads the output layer's weight directly:
-    a PEFT output layer with trainable forking-token rows (TrainableTokens / modules_to_save wrapper) crashes there
-    (`'TrainableTokensWrapper' object has no attribute 'bias'`) and its trained rows would be bypassed. Refuse."""
-    from trl.trainer import grpo_trainer
-
-    out = model.get_output_embeddings()
-    if hasattr(grpo_trainer, "add_fused_lm_head") and type(out).__name__ in ("TrainableTokensWrapper",
-                                                                             "ModulesToSaveWrapper"):
-        raise ValueError(
-            "this trl version scores GRPO completions through a fused LM head that bypasses PEFT's trainable rows of "
-            f"the output layer ({type(out).__name__}): continue this SSFT adapter with trl < 1.15 (e.g. 1.9, the "
-            "Axolotl 0.19 pin), or merge the adapter into the model first and run GFPO on the merged model")
-
-
 def suppress_in_rollouts(trainer, ids: list[int]) -> None:
     """Forbid token `ids` in every token a GRPO trainer generates (its rollouts' continuations).
 
@@ -104,26 +91,6 @@ def suppress_in_rollouts(trainer, ids: list[int]) -> None:
     config.suppress_tokens = merged
     if isinstance(getattr(trainer, "generation_kwargs", None), dict):
         trainer.generation_kwargs["suppress_tokens"] = merged
-
-
-def anchor_reference(trainer):
-    """The frozen starting model that `gfpo_anchor_coef` pulls the continuations back to: TRL's reference model
-    when it has one (beta > 0), else a frozen copy of the (full) model before any update."""
-    import copy
-
-    if getattr(trainer, "ref_model", None) is not None:
-        return trainer.ref_model
-    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
-        raise ValueError("gfpo_anchor_coef under FSDP / DeepSpeed needs beta > 0, so that TRL builds and shards the "
-                         "reference model (a plain copy of a sharded model would be neither whole nor sharded)")
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "peft_config"):
-        raise ValueError("gfpo_anchor_coef needs a full model (a frozen copy of it is the reference; an adapter's "
-                         "reference would be its base without the SSFT training): merge the adapter into the model "
-                         "first, or set gfpo_anchor_coef 0")
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
 
 
 def resolve_fork_tokens(tokenizer, settings: GFPOFields, fork_tokens=None, model_path=None) -> tuple[list, list]:
@@ -165,15 +132,16 @@ class GFPOMixin:
                            ("environment_factories", "environment_factory")):
             if getattr(self, attr, None):
                 raise ValueError(f"GFPO does not support {what}: a rollout is one forking token plus one generation")
-        check_fused_head(self.model)
+        expose_output_bias(self.model)  # trl >= 1.15's fused LM head through PEFT's trainable forking rows
+        repair_trl_ref_adapter(self.accelerator.unwrap_model(self.model))
         tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
         names, ids = resolve_fork_tokens(tokenizer, settings, fork_tokens, model_path)
         vocab = self.model.get_output_embeddings().weight.shape[0]
         if max(ids) >= vocab:
             raise ValueError(f"forking token ids {ids} exceed the model's output size {vocab}")
-        if settings.gfpo_token_choice == "enumerate" and self.num_generations < len(ids):
-            raise ValueError(f"gfpo_token_choice='enumerate' needs num_generations >= N = {len(ids)} so that every "
-                             f"token is tried in each group, got {self.num_generations}")
+        notice = check_enumerate_group(settings.gfpo_token_choice, self.num_generations, names)
+        if notice:
+            logger.warning(notice)
         self.gfpo_args, self.gfpo_fork_names, self.gfpo_fork_ids = settings, names, ids
         self.gfpo_layout = model_layout(tokenizer, settings.gfpo_fork_layout,  # the layout the model was trained with
                                         read_ssft_state(model_path) if isinstance(model_path, str) else {}, names[0])
@@ -188,9 +156,21 @@ class GFPOMixin:
                                                   getattr(self.args, "weight_decay", 0.0))
         self._gfpo_ref = anchor_reference(self) if settings.gfpo_anchor_coef > 0 else None
         self._gfpo_continuations = None
+        self._gfpo_peak_checked = settings.gfpo_token_choice != "sample"
+        if self.accelerator.is_main_process:
+            print(self.gfpo_start_line(), flush=True)
         self.gfpo_suppressing = settings.gfpo_suppress_fork_tokens and settings.gfpo_token_choice != "free"
         if self.gfpo_suppressing:
             suppress_in_rollouts(self, ids)
+
+    def gfpo_start_line(self) -> str:
+        """What this run does, printed at the start: token choice, trainable set, anchor and its reference."""
+        a = self.gfpo_args
+        anchor = (f"anchor {a.gfpo_anchor_coef:g} against {self._gfpo_ref.describe()}" if self._gfpo_ref is not None
+                  else "no anchor")
+        return (f"GFPO: {len(self.gfpo_fork_ids)} forking tokens, gfpo_token_choice={a.gfpo_token_choice}, "
+                f"num_generations={self.num_generations}, gfpo_trainable={a.gfpo_trainable} "
+                f"({self.gfpo_num_trainable:,} trainable elements), {anchor}")
 
     def _gfpo_mode(self) -> str:
         return "train" if self.model.training else "eval"
@@ -288,6 +268,11 @@ class GFPOMixin:
         extra["gfpo_continuation_ids"] = continuations
         self._gfpo_continuations = continuations
         self._gfpo_log_distribution(pending["logp"], index)
+        if not self._gfpo_peak_checked and self._gfpo_mode() == "train":  # once, on the first training batch
+            self._gfpo_peak_checked = True
+            message = peaked_message(pending["logp"], self.gfpo_fork_names, self.gfpo_args.gfpo_token_temperature)
+            if message and self.accelerator.is_main_process:
+                logger.warning(message)
         # the one trained token was chosen by the training model: no sampling log-probs, no tool mask
         return prompt_ids, completion_ids, None, completions, None, extra, images, tool_images
 
@@ -357,16 +342,10 @@ class GFPOMixin:
         if conts is None or len(conts) != output["prompt_ids"].shape[0]:
             raise RuntimeError("GFPO anchor: the continuations of this generation batch are missing")
         tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
-        device = output["prompt_ids"].device
-        width = max(1, max(len(c) for c in conts))
-        ids = torch.full((len(conts), width), pad_token_id(tokenizer), dtype=torch.long, device=device)
-        mask = torch.zeros((len(conts), width), dtype=torch.long, device=device)
-        for i, c in enumerate(conts):
-            ids[i, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
-            mask[i, :len(c)] = 1
-        output["gfpo_cont_ids"], output["gfpo_cont_mask"] = ids, mask
-        with torch.no_grad():
-            output["gfpo_ref_cont_logps"] = self._gfpo_cont_logps(self._gfpo_ref, output)
+        output["gfpo_cont_ids"], output["gfpo_cont_mask"] = continuation_tensors(
+            conts, pad_token_id(tokenizer), output["prompt_ids"].device)
+        with torch.no_grad(), self._gfpo_ref.scoring(self) as reference:
+            output["gfpo_ref_cont_logps"] = self._gfpo_cont_logps(reference, output)
         return output
 
     def _gfpo_cont_logps(self, model, inputs) -> torch.Tensor:
@@ -382,11 +361,7 @@ class GFPOMixin:
     def _gfpo_anchor_loss(self, model, inputs) -> torch.Tensor:
         """k3 estimate of KL(policy || reference) per continuation token (TRL's KL form), mean over the
         micro-batch's continuation tokens, scaled for GA as TRL scales its loss."""
-        logp = self._gfpo_cont_logps(model, inputs)
-        delta = inputs["gfpo_ref_cont_logps"] - logp
-        kl = torch.exp(delta) - delta - 1
-        m = inputs["gfpo_cont_mask"].to(kl.dtype)
-        loss = (kl * m).sum() / m.sum().clamp_min(1.0)
+        loss = k3_kl(self._gfpo_cont_logps(model, inputs), inputs["gfpo_ref_cont_logps"], inputs["gfpo_cont_mask"])
         self._gfpo_metric("gfpo/anchor_kl", loss.item())
         if self._gfpo_mode() == "train":
             loss = loss / self.current_gradient_accumulation_steps
@@ -458,4 +433,6 @@ class GFPOMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.gfpo_args is not None and self.args.should_save:
+            if self._gfpo_ref is not None and self._gfpo_ref.kind == "adapter_copy":
+                drop_saved_reference(output_dir or self.args.output_dir)
             self.write_gfpo_state(output_dir or self.args.output_dir)

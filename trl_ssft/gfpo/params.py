@@ -23,6 +23,23 @@ def _tied(model) -> bool:
     return same or bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
 
 
+def expose_output_bias(model) -> bool:
+    """Let trl >= 1.15's fused LM head score through PEFT's trainable forking-token rows of the output layer.
+
+    TRL's GRPO scores completions with `add_fused_lm_head`, which reads ``lm_head.weight`` and ``lm_head.bias``.
+    PEFT's ``TrainableTokensWrapper`` answers ``weight`` with the merged matrix (base rows with the active
+    adapter's trained rows, differentiable in them) but has no ``bias`` attribute, so TRL crashed there. This gives
+    the wrapper its base layer's ``bias`` as a plain attribute (not a registered parameter: the state dict and the
+    optimizer do not change), so the fused head computes exactly the PEFT model's log-probabilities and the
+    gradient reaches the trained rows (tests/unit/test_gfpo.py checks both). True when a wrapper was patched.
+    """
+    out = model.get_output_embeddings()
+    if type(out).__name__ != "TrainableTokensWrapper" or "bias" in vars(out):
+        return False
+    object.__setattr__(out, "bias", getattr(out.token_adapter.base_layer, "bias", None))
+    return True
+
+
 def _mask_rows(param: torch.Tensor, rows: list[int]) -> None:
     """Zero the gradient of every row of `param` not in `rows` (so Adam leaves them exactly where they are)."""
     keep = torch.zeros(param.shape[0], 1, dtype=param.dtype, device=param.device)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from trl import GRPOTrainer
 
+from ..state import read_ssft_state
 from .config import GFPOConfig
+from .exploration import check_enumerate_group
 from .fields import gfpo_settings
 from .mixin import GFPOMixin, check_grpo_args, model_path_of
 from .rewards import load_reward_funcs
@@ -34,6 +36,11 @@ class GFPOTrainer(GFPOMixin, GRPOTrainer):
             args = GFPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-GFPO")
         settings = gfpo_settings(args)
         check_grpo_args(args, settings)  # before TRL connects to a vLLM server or builds anything
+        names = fork_tokens or settings.gfpo_fork_tokens or (
+            read_ssft_state(ssft_state_dir or model).get("fork_tokens") if isinstance(ssft_state_dir or model, str)
+            else None)
+        if names:  # N known before the model loads: the group-size rule of `enumerate` fails early
+            check_enumerate_group(settings.gfpo_token_choice, args.num_generations, list(names))
         if reward_funcs is None:
             reward_funcs = load_reward_funcs(settings.gfpo_reward_funcs, settings)
         super().__init__(model, reward_funcs, args, *posargs, **kwargs)
