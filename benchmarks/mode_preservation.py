@@ -183,21 +183,33 @@ def seed_metrics(rep: dict) -> dict:
             f"Pass@{len(p1)}": (rep["pass_at_k"] or {}).get(str(len(p1)))}
 
 
-def across_seeds(per_seed: dict, setting: str) -> list[list[str]]:
-    """Rows method x metric: mean [min-max] over seeds."""
+def across_numbers(per_seed: dict, setting: str) -> dict:
+    """{method: {metric: {mean, min, max, seeds}}} over the seeds evaluated at `setting` (fractions; modes/question a
+    count). Written into the report's JSON, where `trl_ssft.demo.recorded` reads it."""
     import numpy as np
 
-    methods = list(next(iter(per_seed.values())))
-    rows = []
-    for m in methods:
-        vals = [seed_metrics(per_seed[s][m][setting]) for s in per_seed if setting in per_seed[s][m]]
-        row = [label(m)]
+    out = {}
+    for m in next(iter(per_seed.values())):
+        vals = [seed_metrics(per_seed[s][m][setting]) for s in per_seed if setting in per_seed[s].get(m, {})]
+        if not vals:
+            continue
+        out[m] = {}
         for k in vals[0]:
             xs = np.array([v[k] for v in vals if v[k] is not None], dtype=float)
-            scale = 1 if k == "modes/question" else 100
-            fmt = "{:.2f}" if k == "modes/question" else "{:.1f}"
-            row.append(fmt.format(scale * xs.mean()) + (f" [{fmt.format(scale * xs.min())}-{fmt.format(scale * xs.max())}]"
-                                                          if len(xs) > 1 else ""))
+            if len(xs):
+                out[m][k] = {"mean": float(xs.mean()), "min": float(xs.min()), "max": float(xs.max()), "seeds": len(xs)}
+    return out
+
+
+def across_seeds(per_seed: dict, setting: str) -> list[list[str]]:
+    """Rows method x metric: mean [min-max] over seeds."""
+    rows = []
+    for m, metrics in across_numbers(per_seed, setting).items():
+        row = [label(m)]
+        for k, v in metrics.items():
+            scale, fmt = (1, "{:.2f}") if k == "modes/question" else (100, "{:.1f}")
+            row.append(fmt.format(scale * v["mean"]) + (f" [{fmt.format(scale * v['min'])}-{fmt.format(scale * v['max'])}]"
+                                                         if v["seeds"] > 1 else ""))
         rows.append(row)
     return rows
 
@@ -541,6 +553,8 @@ def main(argv=None) -> int:
     rows_ = write_docs(per_seed[first], per_seed_training[first], a, wall, command, md, png, per_seed)
     with open(os.path.join(a.out_dir, a.name + ".json"), "w") as f:
         json.dump({"args": vars(a), "command": command, "training": per_seed_training, "results": per_seed,
+                   "across_seeds": {st: across_numbers(per_seed, st) for st in a.settings.split(",")},
+                   "method_labels": {m: label(m) for m in methods}, "verdicts": claim_verdicts(per_seed),
                    "wall_seconds": wall}, f, indent=1, default=str)
     print()
     print(plain_table(SUMMARY_HEAD, rows_))
