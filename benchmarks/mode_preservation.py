@@ -153,9 +153,14 @@ SETTINGS = (("greedy", dict(greedy=True)), ("T=0.7", dict(temperature=0.7, top_p
 
 
 def evaluate(method: str, model_dir: str, rows: list[dict], a) -> dict:
+    """Per decoding setting, the evaluation report; a family with `error_anatomy` (teachers) adds the split of
+    the samples into right / teacher's slip / own error (post-hoc: not part of the pre-registered verdicts)."""
+    import importlib
+
     from trl_ssft.eval.evaluate import evaluate_model
     from trl_ssft.eval.inference import load_ssft_model
 
+    anatomy = getattr(importlib.import_module(f"trl_ssft.demo.{a.family}"), "error_anatomy", None)
     sm = load_ssft_model(model_dir, device="cpu")
     out = {}
     wanted = a.settings.split(",")
@@ -165,8 +170,10 @@ def evaluate(method: str, model_dir: str, rows: list[dict], a) -> dict:
         out[name] = evaluate_model(
             sm, rows, use_fork_tokens=not method.startswith("none"), num_plain_samples=a.num_tokens, rounds=a.rounds,
             max_new_tokens=64, batch_size=64, seed=a.seed, mode_classifier=a.family, math_verify=False,
-            progress=False, pass_k=(1, a.num_tokens), **kw,
+            progress=False, pass_k=(1, a.num_tokens), keep_samples=anatomy is not None, **kw,
         )
+        if anatomy is not None:
+            out[name]["error_anatomy"] = anatomy(out[name].pop("samples"), rows)
     return out
 
 
@@ -180,7 +187,11 @@ def seed_metrics(rep: dict) -> dict:
             "token consistency": rep["modes"]["mean_consistency"],
             "Pass@1 best token": max(p1.values()), "Pass@1 most-matched": rep["pass1"],
             "Pass@1 mean": float(np.mean(list(p1.values()))), "Cons@N": rep["cons_at_n"],
-            f"Pass@{len(p1)}": (rep["pass_at_k"] or {}).get(str(len(p1)))}
+            f"Pass@{len(p1)}": (rep["pass_at_k"] or {}).get(str(len(p1))),
+            **({"teacher's slips (post-hoc)": rep["error_anatomy"]["slip"],
+                "own errors (post-hoc)": rep["error_anatomy"]["own error"],
+                "slip reproduced (post-hoc)": rep["error_anatomy"]["slip_reproduced"]}
+               if "error_anatomy" in rep else {})}
 
 
 def across_numbers(per_seed: dict, setting: str) -> dict:

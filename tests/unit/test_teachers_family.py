@@ -52,3 +52,16 @@ def test_registered_classifier_and_assets():
     classify, names = pick_classifier("teachers", rows)
     assert names == list(T.MODES) and family_module("teachers") is T
     assert all(classify(t, r) == s for r in rows for t, s in zip(r["traces"], r["trace_sources"]))
+
+
+def test_error_anatomy_splits_slips_from_own_errors():
+    rows = T.make_rows(40, seed=5)
+    q = [_digits(r) for r in rows]
+    i = next(k for k, d in enumerate(q) if T.slips("pairs", d))
+    samples = [{"question": i, "mode": "pairs", "answer": str(sum(q[i]) + 1)},   # pairs' own slip
+               {"question": i, "mode": "pairs", "answer": str(sum(q[i]))},       # right: the slip not reproduced
+               {"question": i, "mode": "forward", "answer": str(sum(q[i]) + 1)},  # forward does not slip here
+               {"question": i, "mode": "other", "answer": None}]
+    a = T.error_anatomy(samples, rows)
+    assert (a["right"], a["slip"], a["own error"]) == (0.25, 0.25, 0.5)
+    assert a["slip_reproduced"] == 0.5 and a["samples"] == 4

@@ -27,7 +27,8 @@ teachers repeat the wrong one often enough to lose or tie the vote. The design a
 the benchmark that uses it are fixed in ``docs/accuracy_claim.md``.
 
 A row is in the ssft format, with the correct ``answer`` and ``trace_sources`` (teacher names);
-trace order is shuffled per row, as in `digitsum.make_rows`.
+trace order is shuffled per row, as in `digitsum.make_rows`. `error_anatomy` splits an evaluation's wrong
+samples into a teacher's slip and the model's own errors.
 """
 
 from __future__ import annotations
@@ -64,3 +65,33 @@ def make_rows(num_questions: int, seed: int = 0, modes: tuple[str, ...] = MODES,
     """`num_questions` distinct ssft rows: `digitsum.make_rows`'s questions and trace order (same seed), the
     flawed teachers' traces; ``answer`` is the correct total."""
     return digitsum.make_rows(num_questions, seed, modes, shuffle_traces, trace=trace_for)
+
+
+def error_kind(mode: str, digits: tuple[int, ...], answer) -> str:
+    """A sample's outcome: ``right``; ``slip`` (wrong with its teacher's own slip: the teacher of the mode it
+    follows slips on this question and the answer is that teacher's); ``own error`` (any other wrong or missing
+    answer, including every wrong answer of a sample whose mode is not recognised)."""
+    try:
+        value = int(str(answer).strip())
+    except (TypeError, ValueError):
+        return "own error"
+    if value == sum(digits):
+        return "right"
+    return "slip" if mode in SLIP_DIGITS and slips(mode, digits) and value == teacher_answer(mode, digits) else "own error"
+
+
+def error_anatomy(samples: list[dict], rows: list[dict]) -> dict:
+    """Shares of `samples` (an evaluation's ``keep_samples`` list) that are right / a teacher's slip / the model's
+    own error, and how often a sample reproduced its teacher's slip where that teacher slips."""
+    kinds = {"right": 0, "slip": 0, "own error": 0}
+    due = reproduced = 0
+    for s in samples:
+        q = parse_question(rows[s["question"]]["prompt"][-1]["content"])
+        kind = error_kind(s["mode"], q, s["answer"])
+        kinds[kind] += 1
+        if s["mode"] in SLIP_DIGITS and slips(s["mode"], q):
+            due += 1
+            reproduced += kind == "slip"
+    n = max(1, len(samples))
+    return {**{k: v / n for k, v in kinds.items()}, "slip_reproduced": reproduced / due if due else None,
+            "samples": len(samples)}
