@@ -58,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--name", default="demo_robustness", help="report file stem in --out-dir")
     p.add_argument("--reuse", action="store_true", help="skip runs already finished with the same settings")
     p.add_argument("--report-only", action="store_true", help="report the finished runs; train nothing")
+    p.add_argument("--probe", action="append", default=[], metavar="JSON",
+                   help="an earlier report of this benchmark (another recipe: a probe of the diagnosis) to show, "
+                   "with its command, in a table of probes; its runs are copied into this report's JSON")
     return p.parse_args(argv)
 
 
@@ -82,7 +85,10 @@ def recipe_key(a) -> str:
 
 
 def env_for(threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=REPO,
+    # OMP_WAIT_POLICY=PASSIVE: on a shared machine, spinning OpenMP threads of a 2-thread run starve each other
+    # (23 s per step instead of ~1 s at a load of 18); the wait policy does not change how work is split.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE",
+               PYTHONPATH=REPO,
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", AXOLOTL_DO_NOT_TRACK="1",
                WANDB_DISABLED="true", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
@@ -116,7 +122,7 @@ def one_run(a, key: str, assets: str, seed: int, threads: int, eval_seeds: list[
     d = os.path.join(a.work_dir, key, f"seed{seed}_threads{threads}")
     path = os.path.join(d, "run.json")
     rec = json.load(open(path)) if os.path.exists(path) else None
-    if rec is None or not a.reuse:
+    if rec is None or not (a.reuse or a.report_only):
         if a.report_only:
             return {}
         os.makedirs(d, exist_ok=True)
@@ -184,24 +190,77 @@ def run_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], a, command: str, wall: float, load: str) -> str:
+def probe_rows(probes: list[dict]) -> list[str]:
+    """One markdown row per probe: its overrides, runs meeting the goal, and the min-max of each figure."""
+    pc = lambda d: f"{100 * d['min']:.1f}-{100 * d['max']:.1f}"  # noqa: E731
+    out = ["| probe (recipe overrides) | command | runs (seed x threads) | goal met | best token % | mean over tokens % "
+           "| Cons@N % | strategies / question | lowest token consistency % | traces matched per token (min-max) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in probes:
+        sp, runs = p["summary"]["spread"], p["runs"]
+        counts = [c for r in runs for c in r["match_counts"]]
+        which = ", ".join(f"{r['seed']}x{r['threads']}" for r in runs)
+        out.append(f"| {', '.join(p['args']['set']) or 'as committed'} | `{p['command']}` | {which} | "
+                   f"{p['summary']['goal_met']} of {p['summary']['runs']} | {pc(sp['pass1_best_token'])} | "
+                   f"{pc(sp['pass1_mean_over_tokens'])} | {pc(sp['cons_at_n_with_tokens'])} | "
+                   f"{sp['distinct_modes_per_question']['min']:.2f}-{sp['distinct_modes_per_question']['max']:.2f} | "
+                   f"{pc(sp['min_token_consistency'])} | {min(counts)}-{max(counts)} |")
+    return out
+
+
+def spread_line(sp: dict) -> str:
+    pc = lambda k: f"{100 * sp[k]['min']:.1f}-{100 * sp[k]['max']:.1f} %"  # noqa: E731
+    return (f"best token {pc('pass1_best_token')}, most-matched token {pc('pass1_most_matched_token')}, mean over "
+            f"tokens {pc('pass1_mean_over_tokens')}, Cons@N {pc('cons_at_n_with_tokens')}, strategies per question "
+            f"{sp['distinct_modes_per_question']['min']:.2f}-{sp['distinct_modes_per_question']['max']:.2f}, lowest "
+            f"token consistency {pc('min_token_consistency')}")
+
+
+def run_table(rows: list[dict]) -> list[str]:
+    pc = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    out = ["| seed | threads | eval seed | best token % | most-matched % | mean % | Cons@N % | strategies / question "
+           "| lowest token consistency % | traces matched per token | final loss | train s | goal |",
+           "|" + "---|" * 13]
+    for r in rows:
+        loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
+        out.append(f"| {r['seed']} | {r['threads']} | {r['eval_seed']} | {pc(r['pass1_best_token'])} | "
+                   f"{pc(r['pass1_most_matched_token'])} | {pc(r['pass1_mean_over_tokens'])} | "
+                   f"{pc(r['cons_at_n_with_tokens'])} | {r['distinct_modes_per_question']:.2f} | "
+                   f"{pc(r['min_token_consistency'])} | {r['match_counts']} | {loss} | {r['train_seconds']} | "
+                   f"{'met' if r['goal_met'] else '**NOT met**'} |")
+    return out
+
+
+MARKERS = ("<!-- demo_robustness.py: generated from here -->", "<!-- demo_robustness.py: generated up to here -->")
+
+
+def write_keeping_notes(path: str, generated: str) -> None:
+    """Write `generated` between the MARKERS of `path`, keeping any hand-written text outside them (the
+    diagnosis); a file without markers is replaced."""
+    text = open(path).read() if os.path.exists(path) else ""
+    body = f"{MARKERS[0]}\n{generated.rstrip()}\n{MARKERS[1]}\n"
+    if MARKERS[0] in text and MARKERS[1] in text:
+        head, rest = text.split(MARKERS[0], 1)
+        text = head + body + rest.split(MARKERS[1], 1)[1].lstrip("\n")
+    else:
+        text = body
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def markdown(rows: list[dict], sp: dict, a, command: str, wall: float, load: str, probes: list[dict] = ()) -> str:
     import torch
 
-    pc = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    keys = list(GOAL) + ["pass1_most_matched_token", "pass1_mean_over_tokens"]
-    fig_rows = [{k: r[k] for k in keys} for r in rows]
-    sp = spread(fig_rows)
-    head = ("| seed | threads | eval seed | best token % | most-matched % | mean % | Cons@N % | strategies / question "
-            "| min token consistency % | traces matched per token | final loss | train s | goal |")
     lines = [
-        "# Demo robustness: the demo's goal over training seeds and thread counts", "",
-        "Produced by (numbers in this file and `" + a.name + ".json` come from it):", "", "```", command, "```", "",
+        "## The sweep", "",
+        f"Produced by (numbers in this file and `{a.name}.json` come from it):", "", "```", command, "```", "",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Machine: "
-        f"{platform.platform()}, {os.cpu_count()} CPU cores visible (shared with other jobs; load when the report "
-        f"was written: {load}), torch {torch.__version__}. Wall time of this command: {wall / 60:.1f} min"
-        + (" (runs finished by earlier invocations with the same settings were reused: `--reuse`)." if a.reuse else "."),
+        f"{platform.platform()}, {os.cpu_count()} CPU cores visible, shared with other jobs (load average when the "
+        f"report was written: {load}), torch {torch.__version__}. Wall time of this command: {wall / 60:.1f} min"
+        + (" (runs finished by earlier invocations with the same settings are reused: `--reuse`; train seconds "
+           "below were measured under that sharing and are not the demo's time)." if a.reuse else "."),
         "",
-        f"Recipe: `{a.recipe}`" + (f" with overrides {', '.join('`' + s + '`' for s in a.set)}" if a.set else
+        f"Recipe: `{a.recipe}`" + (f" with overrides {', '.join('`' + x + '`' for x in a.set)}" if a.set else
                                    " as committed") + f" (recipe key {recipe_key(a)}); training seeds {a.seeds} (the "
         f"recipe's `seed:`), torch threads {a.threads} (`OMP_NUM_THREADS` of training and evaluation), evaluation "
         f"sampling seeds {a.eval_seeds}. Each run: the demo's assets (`python -m trl_ssft.demo.assets DIR "
@@ -211,26 +270,16 @@ def markdown(rows: list[dict], a, command: str, wall: float, load: str) -> str:
         "Goal (issue 20), per run: best-token Pass@1 >= 80 %, Cons@N >= 85 %, >= 3.5 distinct strategies per "
         "question, every token >= 85 % consistent.",
         "",
-        f"**Goal met on {sum(r['goal_met'] for r in rows)} of {len(rows)} runs.**",
+        f"**Goal met on {sum(r['goal_met'] for r in rows)} of {len(rows)} runs.** "
+        + (f"Min-max over all runs: {spread_line(sp)}." if rows else "No finished runs."),
         "",
-        "Min-max over all runs: best token " + f"{pc(sp['pass1_best_token']['min'])}-{pc(sp['pass1_best_token']['max'])} %, "
-        f"most-matched token {pc(sp['pass1_most_matched_token']['min'])}-{pc(sp['pass1_most_matched_token']['max'])} %, "
-        f"mean over tokens {pc(sp['pass1_mean_over_tokens']['min'])}-{pc(sp['pass1_mean_over_tokens']['max'])} %, "
-        f"Cons@N {pc(sp['cons_at_n_with_tokens']['min'])}-{pc(sp['cons_at_n_with_tokens']['max'])} %, "
-        f"strategies per question {sp['distinct_modes_per_question']['min']:.2f}-"
-        f"{sp['distinct_modes_per_question']['max']:.2f}, lowest token consistency "
-        f"{pc(sp['min_token_consistency']['min'])}-{pc(sp['min_token_consistency']['max'])} %."
-        if rows else "No finished runs.",
-        "", head, "|" + "---|" * (head.count("|") - 1),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['seed']} | {r['threads']} | {r['eval_seed']} | {pc(r['pass1_best_token'])} | "
-            f"{pc(r['pass1_most_matched_token'])} | {pc(r['pass1_mean_over_tokens'])} | {pc(r['cons_at_n_with_tokens'])} | "
-            f"{r['distinct_modes_per_question']:.2f} | {pc(r['min_token_consistency'])} | {r['match_counts']} | "
-            f"{'-' if r['final_loss'] is None else format(r['final_loss'], '.3f')} | "
-            f"{r['train_seconds']} | {'met' if r['goal_met'] else '**NOT met**'} |")
-    return "\n".join(lines) + "\n"
+    lines += ["### Runs", "", *run_table(rows), ""]
+    if probes:
+        lines += ["### Probes (other recipes, same benchmark)", "",
+                  "Each probe is an earlier run of this benchmark with recipe overrides (`--set`), its own command and "
+                  "date in its JSON (copied into this report's JSON under `probes`).", "", *probe_rows(probes), ""]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -253,20 +302,23 @@ def main(argv=None) -> int:
                     print("   " + ", ".join(f"{n} {row[n]:.3f}" for n in GOAL) + f", goal {row['goal_met']}",
                           flush=True)
     rows = run_rows(records)
+    keys = list(GOAL) + ["pass1_most_matched_token", "pass1_mean_over_tokens"]
+    sp = spread([{k: r[k] for k in keys} for r in rows])
     wall = time.time() - t0
     argv_str = " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     command = "python benchmarks/demo_robustness.py" + (f" {argv_str}" if argv_str else "")
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
+    probes = [json.load(open(p)) for p in a.probe]
     os.makedirs(a.out_dir, exist_ok=True)
-    md = markdown(rows, a, command, wall, " ".join(load))
-    with open(os.path.join(a.out_dir, a.name + ".md"), "w") as f:
-        f.write(md)
-    keys = list(GOAL) + ["pass1_most_matched_token", "pass1_mean_over_tokens"]
-    summary = {"runs": len(rows), "goal_met": sum(r["goal_met"] for r in rows),
-               "spread": spread([{k: r[k] for k in keys} for r in rows])}
+    md = markdown(rows, sp, a, command, wall, " ".join(load), probes)
+    write_keeping_notes(os.path.join(a.out_dir, a.name + ".md"), md)
+    summary = {"runs": len(rows), "goal_met": sum(r["goal_met"] for r in rows), "spread": sp}
     with open(os.path.join(a.out_dir, a.name + ".json"), "w") as f:
         json.dump({"command": command, "args": vars(a), "recipe_key": key, "goal": GOAL, "summary": summary,
-                   "runs": rows, "records": records, "wall_seconds": round(wall, 1)}, f, indent=1)
+                   "runs": rows, "records": records, "wall_seconds": round(wall, 1),
+                   "probes": [{k: p[k] for k in ("command", "args", "summary", "runs", "date") if k in p}
+                              for p in probes],
+                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}, f, indent=1)
     print(md)
     return 0
 
