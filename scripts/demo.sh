@@ -4,7 +4,8 @@
 # then evaluate it on held-out questions at the paper's T = 0.7: one sample per forking token per round
 # (the token x mode table and heat map, Pass@1 per token, Cons@N across the tokens), and the same model
 # without forking tokens (Pass@1, Cons@N of N bare-prompt samples). Everything lands in demo_out/
-# (override with DEMO_OUT=...); demo_out/demo_report.json holds every printed figure.
+# (override with DEMO_OUT=...); demo_out/demo_report.json holds every printed figure. It ends with the
+# recorded (not recomputed) result of the accuracy-claim benchmark, one line per method.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1 \
@@ -27,3 +28,6 @@ echo "== 3/3 evaluation on 64 held-out questions (T=0.7, top-p 0.95, 2 rounds), 
 .venv/bin/python -m trl_ssft.demo.demo_eval "$OUT/axolotl-ssft" "$OUT/assets/eval.jsonl" --out "$OUT" \
     --mode-classifier digitsum --temperature 0.7 --rounds 2
 echo "Report: $OUT/demo_report.json (summary + both evaluations), heat map: $OUT/eval_report.png, model: $OUT/axolotl-ssft"
+echo
+echo "== The paper's accuracy claim, SSFT vs SFT-mixed vs random tags from the same weights (pre-registered: docs/accuracy_claim.md)"
+.venv/bin/python -m trl_ssft.demo.recorded docs/accuracy_claim_results.json

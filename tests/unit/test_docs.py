@@ -53,12 +53,15 @@ def _percentages(obj, out=None):
 
 def test_readme_demo_figures_come_from_the_recorded_demo_report():
     """Every percentage the README's demo section quotes is in docs/demo_report.json (the last recorded
-    `bash scripts/demo.sh` run), and so is the run time it states."""
+    `bash scripts/demo.sh` run) or in the seed spread of docs/demo_robustness.json (the recorded sweep over
+    training seeds and thread counts, and the goal it checks), and so is the run time it states."""
     import json
 
     section = _demo_section(_readme())
     report = json.load(open(os.path.join(REPO, "docs", "demo_report.json")))
-    known = _percentages(report["summary"])
+    sweep = json.load(open(os.path.join(REPO, "docs", "demo_robustness.json")))
+    known = _percentages(report["summary"]) | _percentages(sweep["summary"]["spread"]) | _percentages(sweep["goal"])
+    assert "docs/demo_robustness.md" in section and sweep["summary"]["goal_met"] == sweep["summary"]["runs"]
     quoted = re.findall(r"(\d+(?:\.\d+)?)\s?%", section)
     assert quoted, "the demo section quotes no figures"
     missing = [q for q in quoted if q not in known]

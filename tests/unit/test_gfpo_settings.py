@@ -13,6 +13,9 @@ from test_gfpo import NAMES, fake_generation, group_inputs, make_trainer, toy  #
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 RECIPES = ("trl_gfpo_tiny_cpu.yaml", "trl_gfpo_qlora_24gb.yaml", "axolotl_gfpo_tiny_cpu.yaml")
+# the SSFT recipe whose model each GFPO recipe continues (its N sets the group size)
+SSFT_RECIPE = {"trl_gfpo_tiny_cpu.yaml": "trl_tiny_cpu.yaml", "trl_gfpo_qlora_24gb.yaml": "trl_qlora_24gb.yaml",
+               "axolotl_gfpo_tiny_cpu.yaml": "axolotl_tiny_cpu.yaml"}
 
 
 def test_defaults_are_the_benchmarks_configuration():
@@ -24,14 +27,15 @@ def test_defaults_are_the_benchmarks_configuration():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_gfpo_recipe_uses_the_benchmarked_settings_and_cites_its_row(name):
-    """Each recipe: enumerate, anchor 3, a group of 2 rollouts per forking token (N = 6), and a comment naming the
-    benchmark row it relies on (docs/gfpo_benchmark.md)."""
+    """Each recipe: enumerate, anchor 3, a group of 2 rollouts per forking token (N of the SSFT recipe whose model
+    it continues), and a comment naming the benchmark row it relies on (docs/gfpo_benchmark.md)."""
     path = os.path.join(REPO, "examples", "yaml", name)
     text = open(path).read()
     cfg = yaml.safe_load(text)
     grpo = cfg.get("trl", cfg)
     assert cfg["gfpo_token_choice"] == "enumerate" and cfg["gfpo_anchor_coef"] == 3.0
-    assert grpo["num_generations"] == 12 and grpo["beta"] == 0.0
+    n = yaml.safe_load(open(os.path.join(REPO, "examples", "yaml", SSFT_RECIPE[name])))["ssft_num_fork_tokens"]
+    assert grpo["num_generations"] == 2 * n and grpo["beta"] == 0.0
     assert "docs/gfpo_benchmark.md" in text and "anchor 3" in text
     assert "gfpo_token_choice: sample, gfpo_anchor_coef: 0" in text  # the paper's description stays reachable
 

@@ -6,7 +6,8 @@ writes ``OUT_DIR/model`` (a randomly initialised tiny Qwen2/Llama with a BPE tok
 template), ``OUT_DIR/train.jsonl`` and ``OUT_DIR/eval.jsonl`` (ssft rows of the question family:
 ``digitsum``, the default, is `trl_ssft.demo.digitsum` (sum of four digits, four strategies; mode
 classifier ``digitsum``); ``synthetic`` is the earlier `trl_ssft.demo.synthetic` (three two-digit
-numbers; mode classifier ``synthetic``).
+numbers; mode classifier ``synthetic``); ``teachers`` is `trl_ssft.demo.teachers` (digitsum's questions from
+four teachers, each wrong on its own fifth of them; mode classifier ``teachers``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import importlib
 
 from .tiny import save_tiny_model
 
-FAMILIES = ("digitsum", "synthetic")
+FAMILIES = ("digitsum", "synthetic", "teachers")
 
 
 def family_module(family: str):

@@ -99,8 +99,10 @@ def classify_mode(text: str, question: tuple[int, ...]) -> str:
 
 
 def make_rows(num_questions: int, seed: int = 0, modes: tuple[str, ...] = MODES,
-              shuffle_traces: bool = True) -> list[dict]:
-    """`num_questions` distinct ssft rows, each with one trace per mode in `modes`."""
+              shuffle_traces: bool = True, trace=None) -> list[dict]:
+    """`num_questions` distinct ssft rows, each with one trace per mode in `modes`; `trace(mode, digits)`
+    writes a trace (default `trace_for`; `trl_ssft.demo.teachers` passes its flawed teachers')."""
+    trace = trace or trace_for
     rng = random.Random(seed)
     rows, seen = [], set()
     while len(rows) < num_questions:
@@ -113,7 +115,7 @@ def make_rows(num_questions: int, seed: int = 0, modes: tuple[str, ...] = MODES,
             rng.shuffle(order)
         rows.append({
             "prompt": [{"role": "user", "content": question_text(q)}],
-            "traces": [trace_for(m, q) for m in order],
+            "traces": [trace(m, q) for m in order],
             "trace_sources": order,
             "answer": str(sum(q)),
         })

@@ -64,6 +64,7 @@ MODE_CLASSIFIERS: dict[str, ClassifierFactory] = {
     "nearest-trace": _nearest_trace_factory,
     "synthetic": _family_factory("trl_ssft.demo.synthetic"),
     "digitsum": _family_factory("trl_ssft.demo.digitsum"),
+    "teachers": _family_factory("trl_ssft.demo.teachers"),
 }
 
 
