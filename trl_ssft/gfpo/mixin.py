@@ -32,12 +32,13 @@ import torch
 
 from ..eval.inference import _left_pad, find_fork_tokens
 from ..layout import fork_span, model_layout
-from ..state import read_ssft_state, resume_dir, write_ssft_state
+from ..state import read_ssft_state, resume_dir
 from ..tokens import forbidding_logit_bias, fork_token_ids, pad_token_id
 from .anchor import anchor_reference, continuation_tensors, drop_saved_reference, k3_kl, repair_trl_ref_adapter
 from .exploration import check_enumerate_group, peaked_message
 from .fields import GFPOFields
 from .params import apply_trainable, expose_output_bias
+from .state import GFPOStateMixin
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def model_path_of(model) -> str | None:
     return None
 
 
-class GFPOMixin:
+class GFPOMixin(GFPOStateMixin):
     """The GFPO overrides of a `GRPOTrainer` (TRL's or Axolotl's). Inactive until `gfpo_setup` is called."""
 
     gfpo_args: GFPOFields | None = None
@@ -377,52 +378,6 @@ class GFPOMixin:
         if self._gfpo_mode() == "train":
             loss = loss / self.current_gradient_accumulation_steps
         return loss
-
-    # ------------------------------------------------------------ ssft_state.json
-    def gfpo_state(self) -> dict:
-        """The `gfpo` block of ssft_state.json: settings, per-token usage and mean reward over training."""
-        counts = [int(c) for c in self.gfpo_counts]
-        means = [float(s / c) if c else None for s, c in zip(self.gfpo_reward_sums, counts, strict=True)]
-        a = self.gfpo_args
-        return {
-            "method": "Global Forking Policy Optimization",
-            "token_choice": a.gfpo_token_choice, "trainable": a.gfpo_trainable,
-            "fork_mass_coef": a.gfpo_fork_mass_coef, "num_generations": int(self.num_generations),
-            "suppress_fork_tokens": bool(self.gfpo_suppressing), "anchor_coef": a.gfpo_anchor_coef,
-            "beta": float(getattr(self.args, "beta", 0.0)), "loss_type": getattr(self.args, "loss_type", None),
-            "learning_rate": float(self.args.learning_rate), "global_step": int(self.state.global_step),
-            "token_counts": counts, "token_mean_reward": means, "no_fork_rollouts": int(self.gfpo_no_fork),
-            "token_reward_sums": [float(x) for x in self.gfpo_reward_sums],
-        }
-
-    def write_gfpo_state(self, output_dir: str) -> None:
-        """Write ssft_state.json into `output_dir`: the SSFT state of the starting model plus the `gfpo` block;
-        `pass1_choice: "self"` says that after GFPO the Pass@1 token is the model's own choice."""
-        base = read_ssft_state(output_dir) or (read_ssft_state(self._gfpo_source)
-                                               if isinstance(self._gfpo_source, str) else {})
-        state = dict(base)
-        state.setdefault("fork_tokens", self.gfpo_fork_names)
-        state.setdefault("fork_token_ids", self.gfpo_fork_ids)
-        state["fork_layout"] = self.gfpo_layout.layout.describe()  # evaluation uses the rollouts' layout
-        state["pass1_choice"] = "self"
-        state["gfpo"] = self.gfpo_state()
-        write_ssft_state(output_dir, state)
-
-    def gfpo_load_state(self, checkpoint_dir: str) -> None:
-        """Restore the per-token rollout counts and reward sums of `checkpoint_dir` (a warning when absent)."""
-        block = read_ssft_state(checkpoint_dir).get("gfpo")
-        if not block:
-            logger.warning("no gfpo block in %s/ssft_state.json: GFPO token counts restart from zero", checkpoint_dir)
-            return
-        counts = np.asarray(block["token_counts"], dtype=np.int64)
-        if len(counts) != len(self.gfpo_fork_ids):
-            raise ValueError(f"checkpoint {checkpoint_dir} has GFPO counts for {len(counts)} forking tokens, "
-                             f"this run uses {len(self.gfpo_fork_ids)}")
-        self.gfpo_counts = counts
-        self.gfpo_reward_sums = np.asarray(block.get("token_reward_sums") or
-                                           [(m or 0.0) * c for m, c in zip(block["token_mean_reward"], counts)],
-                                           dtype=np.float64)
-        self.gfpo_no_fork = int(block.get("no_fork_rollouts", 0))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         path = resume_dir(resume_from_checkpoint, self.args.output_dir) if self.gfpo_args is not None else None
