@@ -12,6 +12,8 @@ the JSON is rewritten after every check so a timeout keeps what finished):
   traces of 8,192 tokens under a 24 GB cap (`torch.cuda.set_per_process_memory_fraction`): peak memory and step
   time next to TRL's SFTTrainer on one trace (`benchmarks/memory_gpu.py`'s cases, in subprocesses);
 - ``attention``: flash-attention 2 against sdpa on the same weights: matching costs, assignments and set loss;
+- ``packing``: the padding-free set loss through flash-attention's variable-length kernel against the padded sdpa
+  rows: loss and gradients close, no padding fed, the time of each;
 - ``fused_losses``: Liger (module kernels + fused linear cross-entropy; then its process-wide cross-entropy) and
   Cut Cross Entropy patched in: SSFT's costs and loss as without them, the fused loss never called, no higher peak;
 - ``lora_kernels``: Axolotl's LoRA kernels (QKV, O, MLP) with the forking rows as PEFT trainable tokens: loss as

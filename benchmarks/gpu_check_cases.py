@@ -379,5 +379,50 @@ def gfpo_vllm_sync(ctx) -> dict:
     return {"sync": res["sync"], "requests": len(res["vllm_requests"]), "seconds": res.get("seconds")}
 
 
-CHECKS = {"qlora_7b": qlora_7b, "attention": attention, "fused_losses": fused_losses, "lora_kernels": lora_kernels,
+def packing(ctx) -> dict:
+    """The padding-free set loss: packed rows through flash-attention's variable-length kernel (--dry-run: sdpa's
+    packed-sequence masks) against the padded sdpa rows on the same weights: loss and gradients close; the time
+    of each (one forward + backward of the same matched rows)."""
+    import time
+
+    from trl_ssft.output_head import OutputHead
+    from trl_ssft.rows import build_rows, sliced_set_loss
+
+    impl, kind = ("flash_attention_2", "flash") if ctx.cuda else ("sdpa", "sdpa")
+    if ctx.cuda:
+        need("flash_attn")
+    model, tok, ids = small_model(ctx, attn="sdpa")
+    prompts, traces = questions(ctx, len(tok) - len(FORKS), seed=2)
+    rows = [x.to(ctx.device) for x in build_rows(prompts, traces, [list(range(len(t))) for t in traces], ids, False, 0)]
+    denom = float((rows[2][:, 1:] != -100).sum())
+    budget = 4 * int(rows[1].sum(1).max())  # several rows per slice: padding in the padded slices
+    model.train()
+    out = {}
+    for name, attn, packed in (("padded", "sdpa", None), ("packed", impl, kind)):
+        model.set_attn_implementation(attn)
+        model.zero_grad(set_to_none=True)
+        stats: dict = {}
+        if ctx.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = sliced_set_loss(model, OutputHead(model), *rows, denom=denom, slice_tokens=budget, chunk_tokens=256,
+                               backward=lambda x: x.backward(), packing=packed, stats=stats)
+        loss.backward()
+        if ctx.cuda:
+            torch.cuda.synchronize()
+        grads = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
+        out[name] = (float(loss), grads, time.perf_counter() - t0, stats)
+    (ref, g_ref, t_ref, s_ref), (got, g, t, s_got) = out["padded"], out["packed"]
+    rel = abs(got - ref) / abs(ref)
+    cos = float(torch.nn.functional.cosine_similarity(g, g_ref, dim=0))
+    tol = (0.01, 0.999) if ctx.cuda else (1e-5, 0.999999)
+    assert rel <= tol[0], f"set loss differs by {rel:.2%}"
+    assert cos >= tol[1], f"gradients' cosine similarity {cos:.6f} < {tol[1]}"
+    assert s_got["fed"] == s_got["tokens"], s_got  # no padding fed
+    return {"kernel": impl, "loss_rel_diff": rel, "grad_cosine": cos, "seconds_padded": t_ref, "seconds_packed": t,
+            "tokens": s_ref["tokens"], "fed_padded": s_ref["fed"], "fed_packed": s_got["fed"]}
+
+
+CHECKS = {"qlora_7b": qlora_7b, "attention": attention, "packing": packing, "fused_losses": fused_losses,
+          "lora_kernels": lora_kernels,
           "offload": offload, "vllm_parity": vllm_parity, "gfpo_vllm_sync": gfpo_vllm_sync}

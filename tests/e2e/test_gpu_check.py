@@ -25,11 +25,12 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     checks = report["checks"]
-    assert report["dry_run"] and list(checks) == ["qlora_7b", "attention", "fused_losses", "lora_kernels", "offload",
-                                                  "vllm_parity", "gfpo_vllm_sync"]
-    for name in ("qlora_7b", "attention", "fused_losses", "lora_kernels"):
+    assert report["dry_run"] and list(checks) == ["qlora_7b", "attention", "packing", "fused_losses", "lora_kernels",
+                                                  "offload", "vllm_parity", "gfpo_vllm_sync"]
+    for name in ("qlora_7b", "attention", "packing", "fused_losses", "lora_kernels"):
         assert checks[name]["status"] == "pass", (name, checks[name].get("reason"))
     for name in ("offload", "vllm_parity", "gfpo_vllm_sync"):
         assert checks[name]["status"] == "skip" and checks[name]["reason"]
+    assert checks["packing"]["fed_packed"] == checks["packing"]["tokens"] < checks["packing"]["fed_padded"]
     assert checks["fused_losses"]["liger_flce"]["loss_rel_diff"] == 0.0  # the patched forward changes nothing
     assert checks["qlora_7b"]["hungarian"]["trainable_params"] > checks["qlora_7b"]["sft"]["trainable_params"]
