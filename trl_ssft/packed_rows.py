@@ -196,8 +196,8 @@ def describe(kind: str) -> str:
              "when rows.auto_slice_tokens says so)"
     if PACKED_ATTENTION[kind][1]:
         budget += (", and with a mask no larger than a padded slice's (L^2 <= budget x longest row); this kernel "
-                   "computes masked attention across the packed rows, so packing saves padding, not attention work "
-                   "(flash_attention_2 skips it)")
+                   "computes masked attention across the packed rows, so packing saves padding, not attention work, "
+                   "and ran 7-26 % slower than padded rows on CPU (docs/packing.md; flash_attention_2 skips that work)")
     return (f"the set loss runs padding-free: the matched rows of each micro-batch are concatenated with per-row "
             f"position ids into packed rows of {budget}, kept apart by {how}; exact (same loss and gradients as "
             "padded rows); one question per dataset row; the matching pass stays padded (prompts shared through "
