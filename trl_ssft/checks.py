@@ -70,7 +70,8 @@ def check_max_traces(m: int, n: int | None, policy: str, assignment: str, *, row
 _FORK_FIX = "remove it from the data or choose another ssft_fork_token_template."
 
 
-def _check_prompt(prompt: Any, row: int, dataset: str) -> None:
+def check_prompt(prompt: Any, row: int, dataset: str) -> None:
+    """Raise `SSFTDataError` naming `row` / `prompt` unless `prompt` is a non-empty string or chat message list."""
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise SSFTDataError(row, "prompt", "missing or empty.", "give each row a non-empty prompt.", dataset)
     if isinstance(prompt, str):
@@ -130,7 +131,7 @@ def validate_row(
                             "give each row as {'prompt': ..., 'traces': [...]}.", dataset)
     if "prompt" not in row:
         raise SSFTDataError(index, "prompt", "missing.", "every row needs 'prompt' and 'traces'.", dataset)
-    _check_prompt(row["prompt"], index, dataset)
+    check_prompt(row["prompt"], index, dataset)
     traces = row.get("traces")
     if traces is None:
         raise SSFTDataError(index, "traces", "missing.", "every row needs a list of trace strings.", dataset)

@@ -78,7 +78,8 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def _engine_defaults(model_dir: str, engine_kw: dict) -> dict:
+def engine_defaults(model_dir: str, engine_kw: dict) -> dict:
+    """`engine_kw` for `vllm.LLM` with this library's defaults filled in (the checkpoint's dtype, ...)."""
     kw = dict(engine_kw)
     kw.setdefault("dtype", _checkpoint_dtype(model_dir))
     if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0" and int(kw.get("tensor_parallel_size") or 1) == 1:
@@ -95,20 +96,21 @@ def get_engine(model_dir: str, **engine_kw):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 
-    kw = _engine_defaults(model_dir, engine_kw)
+    kw = engine_defaults(model_dir, engine_kw)
     key = (os.path.abspath(model_dir), tuple(sorted((k, repr(v)) for k, v in kw.items())))
     if key in _ENGINES:
         _ENGINES.move_to_end(key)
         return _ENGINES[key]
     while len(_ENGINES) >= max(1, MAX_ENGINES):
-        _shutdown(_ENGINES.popitem(last=False)[1])
+        shutdown_engine(_ENGINES.popitem(last=False)[1])
     logger.info("starting vLLM engine for %s with %s", model_dir, kw)
     llm = LLM(model=model_dir, **kw)
     _ENGINES[key] = llm
     return llm
 
 
-def _shutdown(llm) -> None:
+def shutdown_engine(llm) -> None:
+    """Shut a `vllm.LLM` down (its engine core and distributed state), so another engine can start."""
     try:
         core = getattr(llm.llm_engine, "engine_core", None)
         if core is not None:
@@ -124,7 +126,7 @@ def _shutdown(llm) -> None:
 def close_engines() -> None:
     """Shut down and forget every cached engine."""
     while _ENGINES:
-        _shutdown(_ENGINES.popitem(last=False)[1])
+        shutdown_engine(_ENGINES.popitem(last=False)[1])
 
 
 # ---------------------------------------------------------------- generation

@@ -87,14 +87,14 @@ def _make_llm(teacher: Teacher):
     environment `_rank_envs` gave their process; vLLM 0.32 refuses ``LLM(data_parallel_size=D)`` in one process."""
     from vllm.platforms import current_platform
 
-    from ..eval.vllm_backend import _engine_defaults
+    from ..eval.vllm_backend import engine_defaults
 
     if current_platform.is_cpu() and teacher.tensor_parallel_size == 1:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 
     kw = {"tensor_parallel_size": teacher.tensor_parallel_size, **teacher.engine_kwargs}
-    kw = _engine_defaults(teacher.model, kw)  # the project's one home for engine defaults (dtype, CPU KV cache)
+    kw = engine_defaults(teacher.model, kw)  # the project's one home for engine defaults (dtype, CPU KV cache)
     if teacher.tensor_parallel_size > 1 and kw.get("distributed_executor_backend") == "uni":
         kw.pop("distributed_executor_backend")  # "uni" runs one rank only
     logger.info("teacher %s: starting vLLM engine for %s with %s", teacher.name, teacher.model, kw)
@@ -236,9 +236,9 @@ def _run_data_parallel(teacher: Teacher, jobs: Sequence, emit: Emit) -> None:
 
 
 def _shutdown(llm) -> None:
-    from ..eval.vllm_backend import _shutdown as shutdown
+    from ..eval.vllm_backend import shutdown_engine
 
-    shutdown(llm)
+    shutdown_engine(llm)
 
 
 def run_vllm(teacher: Teacher, jobs: Sequence, emit: Emit) -> None:

@@ -54,7 +54,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checks import SSFTDataError, _check_prompt
+from ..checks import SSFTDataError, check_prompt
 from .backends import BACKENDS, TeacherFailed
 from .candidates import CandidatesFile
 from .teachers import Teacher, load_teachers, teacher_defaults
@@ -90,7 +90,7 @@ def normalize_questions(rows: Iterable[dict], *, id_field: str = "question_id", 
             raise SSFTDataError(i, prompt_field, "missing.", f"give every question a '{prompt_field}' (a string or "
                                 "chat messages), or name its column with --prompt-field.", dataset)
         prompt = row[prompt_field]
-        _check_prompt(prompt, i, dataset)
+        check_prompt(prompt, i, dataset)
         qid = row.get(id_field)
         explicit = qid is not None
         if explicit and (isinstance(qid, (dict, list)) or not str(qid).strip()):
