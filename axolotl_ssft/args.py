@@ -2,7 +2,7 @@
 
 The `ssft_*` fields are generated from `trl_ssft.config.SSFTFields` (same names, defaults and help
 texts as `SSFTConfig`). Axolotl-only keys (column mapping of one-column-group-per-teacher datasets,
-adapted to `trl_ssft.traces.sources.row_from_columns`, help texts from `trl_ssft.traces`) are declared in
+adapted to `trl_ssft.traces.columns.row_from_columns`, help texts from `trl_ssft.traces`) are declared in
 `AXOLOTL_ONLY_FIELDS`.
 
 Axolotl merges this model into its own config model, so the validator below sees the whole config

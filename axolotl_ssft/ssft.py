@@ -24,7 +24,8 @@ from collections import Counter
 from typing import Any
 
 from trl_ssft.data import DataReport, SSFTDataError, finalize_tokenized, tokenize_rows, validate_row
-from trl_ssft.traces.sources import SourceSpec, check_columns, format_counts, resolve_spec, row_from_columns
+from trl_ssft.traces.columns import row_from_columns
+from trl_ssft.traces.sources import SourceSpec, check_columns, format_counts, resolve_spec
 from trl_ssft.traces.templates import get_template
 from trl_ssft.traces.verify import Verifier, VerifyOptions
 
@@ -54,7 +55,7 @@ def column_spec(settings) -> SourceSpec:
 
 
 def map_columns(rows: list[dict], settings, name: str) -> tuple[list[dict], list[int]]:
-    """One-column-group-per-teacher rows -> ssft rows (`trl_ssft.traces.sources.row_from_columns`, the one
+    """One-column-group-per-teacher rows -> ssft rows (`trl_ssft.traces.columns.row_from_columns`, the one
     converter), with their source row numbers.
 
     Each trace is laid out by `ssft_trace_template` (thinking, then the final answer of `ssft_final_columns`);

@@ -15,7 +15,7 @@ _LAZY = {
     "SSFTLossMixin": ("trl_ssft.set_loss", "SSFTLossMixin"),
     "SSFTCollator": ("trl_ssft.collator", "SSFTCollator"),
     "SSFTDataError": ("trl_ssft.data", "SSFTDataError"),
-    "columns_to_ssft": ("trl_ssft.traces.sources", "columns_to_ssft"),
+    "columns_to_ssft": ("trl_ssft.traces.columns", "columns_to_ssft"),
     "build_traces": ("trl_ssft.traces.build", "build"),
     "fork_token_names": ("trl_ssft.config", "fork_token_names"),
     "load_ssft_model": ("trl_ssft.eval.inference", "load_ssft_model"),

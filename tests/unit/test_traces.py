@@ -13,7 +13,7 @@ from datasets import Dataset
 from trl_ssft.checks import SSFTDataError
 from trl_ssft.traces.build import build
 from trl_ssft.traces.select import SelectOptions, select_traces, signatures, similarity
-from trl_ssft.traces.sources import columns_to_ssft
+from trl_ssft.traces.columns import columns_to_ssft
 from trl_ssft.traces.templates import get_template, split_thinking
 from trl_ssft.traces.verify import Verifier, VerifyOptions
 

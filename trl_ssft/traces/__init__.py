@@ -2,8 +2,9 @@
 
     teachers / public sets -> traces: convert (sources) | generate -> verify -> select -> report -> ssft rows
 
-- `sources`: every public layout -> candidates (`Candidate`), presets of public datasets,
-  `row_from_columns` / `columns_to_ssft` (one row per question, as the Axolotl plugin reads it);
+- `sources`: every public layout -> candidates (`Candidate`), presets of public datasets;
+- `columns`: `row_from_columns` / `columns_to_ssft`, the light per-teacher-columns converter (one row per
+  question, as the Axolotl plugin reads it);
 - `templates`: a trace from its thinking and its final answer (`think`, `s1`, `plain`, a format string);
 - `verify`: which candidates may train (finish reason, empty parts, grades, answers via math-verify);
 - `select`: exact and near-duplicate removal (MinHash), then up to M diverse traces per question;
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 _LAZY = {
     "build": ("trl_ssft.traces.build", "build"),
-    "columns_to_ssft": ("trl_ssft.traces.sources", "columns_to_ssft"),
-    "row_from_columns": ("trl_ssft.traces.sources", "row_from_columns"),
+    "columns_to_ssft": ("trl_ssft.traces.columns", "columns_to_ssft"),
+    "row_from_columns": ("trl_ssft.traces.columns", "row_from_columns"),
     "SourceSpec": ("trl_ssft.traces.sources", "SourceSpec"),
     "VerifyOptions": ("trl_ssft.traces.verify", "VerifyOptions"),
     "SelectOptions": ("trl_ssft.traces.select", "SelectOptions"),
