@@ -49,18 +49,22 @@ class TeacherFailed(RuntimeError):
     """A teacher stopped before all its jobs were tried (e.g. its endpoint is down)."""
 
 
+def _sampling_kwargs(teacher: Teacher, job: Any) -> dict:
+    """The teacher's temperature / top_p / max_tokens (those it sets) and the sample's own seed: the sampling
+    settings both backends send, whatever their request format."""
+    kw = {name: getattr(teacher, name) for name in ("temperature", "top_p", "max_tokens")
+          if getattr(teacher, name) is not None}
+    seed = sample_seed(teacher.seed, job.question.question_id, job.sample_index)
+    if seed is not None:
+        kw["seed"] = seed
+    return kw
+
+
 # ---------------------------------------------------------------- vLLM, offline engine
 def _sampling_params(teacher: Teacher, job: Any):
     from vllm import SamplingParams
 
-    kw = dict(teacher.extra_body)
-    for name in ("temperature", "top_p", "max_tokens"):
-        if getattr(teacher, name) is not None:
-            kw[name] = getattr(teacher, name)
-    seed = sample_seed(teacher.seed, job.question.question_id, job.sample_index)
-    if seed is not None:
-        kw["seed"] = seed
-    return SamplingParams(n=1, **kw)
+    return SamplingParams(n=1, **{**teacher.extra_body, **_sampling_kwargs(teacher, job)})  # the teacher's settings win
 
 
 def _reasoning_split(teacher: Teacher, llm) -> Callable[[str, list], tuple[str | None, str]]:
@@ -278,13 +282,8 @@ def parse_chat_completion(resp: Any) -> dict:
 
 
 def _request(teacher: Teacher, job: Any) -> dict:
-    kw: dict = {"model": teacher.model, "messages": messages_for(job.question.prompt, teacher.system_prompt), "n": 1}
-    for name in ("temperature", "top_p", "max_tokens"):
-        if getattr(teacher, name) is not None:
-            kw[name] = getattr(teacher, name)
-    seed = sample_seed(teacher.seed, job.question.question_id, job.sample_index)
-    if seed is not None:
-        kw["seed"] = seed
+    kw: dict = {"model": teacher.model, "messages": messages_for(job.question.prompt, teacher.system_prompt), "n": 1,
+                **_sampling_kwargs(teacher, job)}
     extra = dict(teacher.extra_body)
     if teacher.chat_template_kwargs:
         extra["chat_template_kwargs"] = teacher.chat_template_kwargs
